@@ -1,0 +1,676 @@
+//! The compiled, immutable policy index and the decision for one request.
+//!
+//! Built once per configuration: hosts in a hash map (exact names, then wildcard suffixes), rules in
+//! order per policy, every string match pre-compiled and every destination's header value pre-rendered, so
+//! a decision only reads the request and allocates nothing.
+
+use crate::config::PluginConfig;
+use crate::duration::parse_duration_nanos;
+use crate::error::{ConfigError, FieldError};
+use crate::hash::{slot, StableHasher, BUCKETS, ROLL_SPACE};
+use crate::request::Request;
+use crate::spec::*;
+use crate::validate::{grpc_code, validate_spec};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+/// Paused requests one worker holds at most, unless `maxActiveFaults` says otherwise.
+pub const DEFAULT_MAX_ACTIVE_FAULTS: u32 = 1000;
+
+impl std::hash::Hasher for StableHasher {
+    fn finish(&self) -> u64 {
+        StableHasher::finish(self)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        StableHasher::write(self, bytes);
+    }
+}
+
+type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<StableHasher>>;
+
+/// All policies of one filter configuration, compiled.
+#[derive(Debug)]
+pub struct Engine {
+    cluster: Option<String>,
+    max_active_faults: u32,
+    policies: Vec<CompiledPolicy>,
+    exact_hosts: FixedMap<Box<[u8]>, usize>,
+    /// Keyed by the suffix with its leading dot: `*.example.com` is stored as `.example.com`.
+    wildcard_hosts: FixedMap<Box<[u8]>, usize>,
+    catch_all: Option<usize>,
+    rule_count: usize,
+}
+
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub rules: Vec<CompiledRule>,
+}
+
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// The rule's name, or `http[INDEX]` when unnamed.
+    pub name: String,
+    /// Index among all rules of the engine (for per-rule tables such as metrics).
+    pub id: usize,
+    matches: Vec<CompiledMatch>,
+    pub destinations: Vec<CompiledDestination>,
+    /// Exclusive upper bucket of each destination, cumulative; the last is `BUCKETS`.
+    bounds: Vec<u32>,
+    sticky: Option<KeySource>,
+    override_header: Option<Box<[u8]>>,
+    /// Destinations the override header may force (all when the rule lists none).
+    overridable: Vec<bool>,
+    pub fault: Option<CompiledFault>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledDestination {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u32>,
+    /// `HOST` or `HOST|SUBSET`: the value written to `x-ksit-destination`.
+    pub key: String,
+    /// Share of traffic, 0 to 100, as configured (relative weights normalised).
+    pub share: f64,
+}
+
+#[derive(Debug)]
+enum KeySource {
+    Header(Box<[u8]>),
+    Cookie(Box<[u8]>),
+    Query(Box<[u8]>),
+}
+
+impl KeySource {
+    fn compile(s: &StickyBy) -> Option<KeySource> {
+        if let Some(h) = &s.header {
+            return Some(KeySource::Header(h.as_bytes().into()));
+        }
+        if let Some(c) = &s.cookie {
+            return Some(KeySource::Cookie(c.as_bytes().into()));
+        }
+        s.query_param
+            .as_ref()
+            .map(|q| KeySource::Query(q.as_bytes().into()))
+    }
+
+    fn read<'r>(&self, req: &Request<'r>) -> Option<&'r [u8]> {
+        let v = match self {
+            KeySource::Header(h) => req.header(h),
+            KeySource::Cookie(c) => req.cookie(c),
+            KeySource::Query(q) => req.query_param(q),
+        }?;
+        (!v.is_empty()).then_some(v)
+    }
+}
+
+#[derive(Debug)]
+enum Matcher {
+    /// Presence only (an empty StringMatch on a header or query parameter).
+    Present,
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    ExactIgnoreCase(Box<[u8]>),
+    PrefixIgnoreCase(Box<[u8]>),
+    Regex(regex_lite::Regex),
+}
+
+impl Matcher {
+    fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, String> {
+        Ok(match (&m.exact, &m.prefix, &m.regex) {
+            (Some(e), _, _) if ignore_case => {
+                Matcher::ExactIgnoreCase(e.to_ascii_lowercase().into_bytes().into())
+            }
+            (Some(e), _, _) => Matcher::Exact(e.as_bytes().into()),
+            (_, Some(p), _) if ignore_case => {
+                Matcher::PrefixIgnoreCase(p.to_ascii_lowercase().into_bytes().into())
+            }
+            (_, Some(p), _) => Matcher::Prefix(p.as_bytes().into()),
+            (_, _, Some(r)) => {
+                let anchored = if ignore_case {
+                    format!("(?i)^(?:{r})$")
+                } else {
+                    format!("^(?:{r})$")
+                };
+                Matcher::Regex(regex_lite::Regex::new(&anchored).map_err(|e| e.to_string())?)
+            }
+            (None, None, None) => Matcher::Present,
+        })
+    }
+
+    fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            Matcher::Present => true,
+            Matcher::Exact(e) => v == &e[..],
+            Matcher::Prefix(p) => v.starts_with(p),
+            Matcher::ExactIgnoreCase(e) => v.eq_ignore_ascii_case(e),
+            Matcher::PrefixIgnoreCase(p) => {
+                v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p)
+            }
+            // RE2-style patterns match text; a value that is not UTF-8 cannot match one.
+            Matcher::Regex(r) => std::str::from_utf8(v).is_ok_and(|s| r.is_match(s)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct CompiledMatch {
+    uri: Option<Matcher>,
+    scheme: Option<Matcher>,
+    method: Option<Matcher>,
+    authority: Option<Matcher>,
+    headers: Vec<(Box<[u8]>, Matcher)>,
+    without_headers: Vec<(Box<[u8]>, Matcher)>,
+    query_params: Vec<(Box<[u8]>, Matcher)>,
+}
+
+impl CompiledMatch {
+    fn matches(&self, req: &Request<'_>) -> bool {
+        let opt = |m: &Option<Matcher>, v: &[u8]| m.as_ref().is_none_or(|m| m.matches(v));
+        opt(&self.uri, req.path_only())
+            && opt(&self.method, req.method())
+            && opt(&self.authority, req.authority())
+            && opt(&self.scheme, req.scheme())
+            && self
+                .headers
+                .iter()
+                .all(|(n, m)| req.header(n).is_some_and(|v| m.matches(v)))
+            && self
+                .without_headers
+                .iter()
+                .all(|(n, m)| !req.header(n).is_some_and(|v| m.matches(v)))
+            && self
+                .query_params
+                .iter()
+                .all(|(n, m)| req.query_param(n).is_some_and(|v| m.matches(v)))
+    }
+}
+
+/// A rule's fault, compiled for this cluster (a fault scoped to other clusters is dropped at compile time).
+#[derive(Debug)]
+pub struct CompiledFault {
+    pub delay: Option<DelaySpec>,
+    pub abort: Option<AbortSpec>,
+    when_headers: Vec<(Box<[u8]>, Matcher)>,
+    /// Destination keys (`HOST|SUBSET`) or hosts (covering every subset) the fault is limited to.
+    when_destinations: Vec<String>,
+    sticky: Option<KeySource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DelaySpec {
+    pub millis: u64,
+    /// Parts per million of requests delayed.
+    pub ppm: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortStatus {
+    Http(u32),
+    Grpc(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AbortSpec {
+    pub status: AbortStatus,
+    pub ppm: u32,
+}
+
+fn ppm(pct: Option<Percent>, percent: Option<i32>) -> u32 {
+    let v = match (pct, percent) {
+        (Some(p), _) => p.value,
+        (None, Some(i)) => f64::from(i),
+        (None, None) => 100.0,
+    };
+    (v.clamp(0.0, 100.0) * f64::from(ROLL_SPACE) / 100.0).round() as u32
+}
+
+/// Where a canary bucket's key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The rule's `canary.stickyBy` (or the fault's `stickyBy`) value.
+    Sticky,
+    /// `x-request-id`.
+    RequestId,
+    /// No key in the request: a random draw.
+    Random,
+}
+
+/// How the destination was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The rule has one destination.
+    Single,
+    /// Weighted pick by bucket (`0..10000`).
+    Bucket { bucket: u32, key: KeyKind },
+    /// Forced by the rule's override header.
+    Override,
+}
+
+/// One fault's outcome for this request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Roll<T> {
+    pub spec: T,
+    /// The request's roll in `0..1_000_000`; the fault applies when it is below `spec.ppm`.
+    pub roll: u32,
+    pub key: KeyKind,
+    pub applied: bool,
+}
+
+/// What to do with one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'e, 'r> {
+    pub policy: Option<&'e CompiledPolicy>,
+    pub rule: Option<&'e CompiledRule>,
+    pub destination: Option<&'e CompiledDestination>,
+    pub pick: Option<Pick>,
+    /// The sticky key read from the request, if any.
+    pub sticky_key: Option<&'r [u8]>,
+    pub delay: Option<Roll<DelaySpec>>,
+    pub abort: Option<Roll<AbortSpec>>,
+}
+
+impl<'e, 'r> Decision<'e, 'r> {
+    fn none() -> Self {
+        Decision {
+            policy: None,
+            rule: None,
+            destination: None,
+            pick: None,
+            sticky_key: None,
+            delay: None,
+            abort: None,
+        }
+    }
+    pub fn matched(&self) -> bool {
+        self.rule.is_some()
+    }
+}
+
+impl Engine {
+    /// Parses, validates and compiles a pluginConfig. `fallback_cluster` (e.g. from the VM's environment)
+    /// is used when the config names no cluster.
+    pub fn from_json(bytes: &[u8], fallback_cluster: Option<&str>) -> Result<Engine, ConfigError> {
+        let cfg = PluginConfig::from_json(bytes)?;
+        Engine::compile(&cfg, fallback_cluster)
+    }
+
+    /// Validates every policy (all errors at once), resolves overrides for the cluster and compiles.
+    pub fn compile(
+        cfg: &PluginConfig,
+        fallback_cluster: Option<&str>,
+    ) -> Result<Engine, ConfigError> {
+        let cluster = cfg
+            .cluster
+            .clone()
+            .or_else(|| fallback_cluster.filter(|c| !c.is_empty()).map(String::from));
+        let mut errors = Vec::new();
+        for (i, p) in cfg.policies.iter().enumerate() {
+            errors.extend(validate_spec(&p.spec, &cfg.prefix(i)));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError { errors });
+        }
+        let mut engine = Engine {
+            cluster,
+            max_active_faults: u32::MAX,
+            policies: Vec::with_capacity(cfg.policies.len()),
+            exact_hosts: FixedMap::default(),
+            wildcard_hosts: FixedMap::default(),
+            catch_all: None,
+            rule_count: 0,
+        };
+        let mut claimed: HashMap<String, usize> = HashMap::new();
+        for (pi, p) in cfg.policies.iter().enumerate() {
+            let spec = p.spec.resolve(engine.cluster.as_deref());
+            engine.max_active_faults = engine
+                .max_active_faults
+                .min(spec.max_active_faults.unwrap_or(DEFAULT_MAX_ACTIVE_FAULTS));
+            for (hi, host) in spec.hosts.iter().enumerate() {
+                let h = host.to_ascii_lowercase();
+                if let Some(prev) = claimed.insert(h.clone(), pi) {
+                    errors.push(FieldError::new(
+                        format!("{}.hosts[{hi}]", cfg.prefix(pi)),
+                        format!(
+                            "host {host:?} is already claimed by policy {:?}",
+                            cfg.policies[prev].name
+                        ),
+                    ));
+                    continue;
+                }
+                if h == "*" {
+                    engine.catch_all = Some(pi);
+                } else if let Some(suffix) = h.strip_prefix('*') {
+                    engine.wildcard_hosts.insert(suffix.as_bytes().into(), pi);
+                } else {
+                    engine.exact_hosts.insert(h.as_bytes().into(), pi);
+                }
+            }
+            let mut rules = Vec::with_capacity(spec.http.len());
+            for (ri, rule) in spec.http.iter().enumerate() {
+                match engine.compile_rule(rule, ri) {
+                    Ok(r) => rules.push(r),
+                    Err(e) => {
+                        errors.push(FieldError::new(format!("{}.http[{ri}]", cfg.prefix(pi)), e))
+                    }
+                }
+            }
+            engine.policies.push(CompiledPolicy {
+                name: p.name.clone(),
+                rules,
+            });
+        }
+        if engine.max_active_faults == u32::MAX {
+            engine.max_active_faults = DEFAULT_MAX_ACTIVE_FAULTS;
+        }
+        if errors.is_empty() {
+            Ok(engine)
+        } else {
+            Err(ConfigError { errors })
+        }
+    }
+
+    fn compile_rule(&mut self, rule: &HttpRule, index: usize) -> Result<CompiledRule, String> {
+        let name = rule
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("http[{index}]"));
+        let mut matches = Vec::with_capacity(rule.matches.len());
+        for m in &rule.matches {
+            let opt = |sm: &Option<StringMatch>, ic: bool| {
+                sm.as_ref().map(|s| Matcher::compile(s, ic)).transpose()
+            };
+            let list = |map: &std::collections::BTreeMap<String, StringMatch>| {
+                map.iter()
+                    .map(|(k, v)| Ok((k.as_bytes().into(), Matcher::compile(v, false)?)))
+                    .collect::<Result<Vec<_>, String>>()
+            };
+            matches.push(CompiledMatch {
+                uri: opt(&m.uri, m.ignore_uri_case)?,
+                scheme: opt(&m.scheme, false)?,
+                method: opt(&m.method, false)?,
+                authority: opt(&m.authority, false)?,
+                headers: list(&m.headers)?,
+                without_headers: list(&m.without_headers)?,
+                query_params: list(&m.query_params)?,
+            });
+        }
+        // Relative weights: a single destination takes all traffic; otherwise a missing weight is 0.
+        let weights: Vec<u64> = if rule.route.len() == 1 {
+            vec![1]
+        } else {
+            rule.route
+                .iter()
+                .map(|d| d.weight.unwrap_or(0).max(0) as u64)
+                .collect()
+        };
+        let total: u64 = weights.iter().sum::<u64>().max(1);
+        let mut bounds = Vec::with_capacity(weights.len());
+        let mut cum = 0u64;
+        for w in &weights {
+            cum += w;
+            bounds.push((cum * u64::from(BUCKETS) / total) as u32);
+        }
+        let destinations: Vec<CompiledDestination> = rule
+            .route
+            .iter()
+            .zip(&weights)
+            .map(|(d, w)| CompiledDestination {
+                host: d.destination.host.clone(),
+                subset: d.destination.subset.clone(),
+                port: d.destination.port.as_ref().map(|p| p.number),
+                key: d.destination.key(),
+                share: *w as f64 * 100.0 / total as f64,
+            })
+            .collect();
+        let canary = rule.canary.as_ref();
+        let overridable = destinations
+            .iter()
+            .map(|d| {
+                canary.is_some_and(|c| {
+                    c.allowed_overrides.is_empty() || c.allowed_overrides.contains(&d.key)
+                })
+            })
+            .collect();
+        let fault = match &rule.fault {
+            Some(f) => self.compile_fault(f)?,
+            None => None,
+        };
+        let id = self.rule_count;
+        self.rule_count += 1;
+        Ok(CompiledRule {
+            name,
+            id,
+            matches,
+            destinations,
+            bounds,
+            sticky: canary
+                .and_then(|c| c.sticky_by.as_ref())
+                .and_then(KeySource::compile),
+            override_header: canary
+                .and_then(|c| c.override_header.as_ref())
+                .map(|h| h.as_bytes().into()),
+            overridable,
+            fault,
+        })
+    }
+
+    fn compile_fault(&self, f: &Fault) -> Result<Option<CompiledFault>, String> {
+        let scope = f.when.clone().unwrap_or_default();
+        if !scope.clusters.is_empty()
+            && !self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| scope.clusters.contains(c))
+        {
+            return Ok(None);
+        }
+        let delay = match &f.delay {
+            Some(d) => match &d.fixed_delay {
+                Some(t) => Some(DelaySpec {
+                    millis: parse_duration_nanos(t)?.div_ceil(1_000_000),
+                    ppm: ppm(d.percentage, d.percent),
+                }),
+                None => None,
+            },
+            None => None,
+        };
+        let abort = match &f.abort {
+            Some(a) => {
+                let status = match (a.http_status, &a.grpc_status) {
+                    (Some(s), _) => AbortStatus::Http(s.max(0) as u32),
+                    (None, Some(g)) => AbortStatus::Grpc(grpc_code(g).ok_or("unknown grpcStatus")?),
+                    (None, None) => return Err("abort needs httpStatus or grpcStatus".into()),
+                };
+                Some(AbortSpec {
+                    status,
+                    ppm: ppm(a.percentage, a.percent),
+                })
+            }
+            None => None,
+        };
+        if delay.is_none() && abort.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(CompiledFault {
+            delay,
+            abort,
+            when_headers: scope
+                .headers
+                .iter()
+                .map(|(k, v)| Ok((k.as_bytes().into(), Matcher::compile(v, false)?)))
+                .collect::<Result<_, String>>()?,
+            when_destinations: scope.destinations,
+            sticky: f.sticky_by.as_ref().and_then(KeySource::compile),
+        }))
+    }
+
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+    pub fn max_active_faults(&self) -> u32 {
+        self.max_active_faults
+    }
+    pub fn policies(&self) -> &[CompiledPolicy] {
+        &self.policies
+    }
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// The policy whose hosts cover this request's host: exact name first, then the longest wildcard suffix,
+    /// then `*`. The port is ignored and names compare case-insensitively.
+    fn policy_for(&self, host: &[u8]) -> Option<&CompiledPolicy> {
+        let mut buf = [0u8; 256];
+        let host = if host.iter().any(u8::is_ascii_uppercase) {
+            let h = buf.get_mut(..host.len())?;
+            h.copy_from_slice(host);
+            h.make_ascii_lowercase();
+            &*h
+        } else {
+            host
+        };
+        let host = host.strip_suffix(b".").unwrap_or(host);
+        if let Some(&i) = self.exact_hosts.get(host) {
+            return self.policies.get(i);
+        }
+        if !self.wildcard_hosts.is_empty() {
+            // Each dot starts a candidate suffix; the leftmost is the longest, so the most specific wildcard.
+            for (pos, _) in host
+                .iter()
+                .enumerate()
+                .filter(|(p, b)| **b == b'.' && *p > 0)
+            {
+                if let Some(&i) = self.wildcard_hosts.get(&host[pos..]) {
+                    return self.policies.get(i);
+                }
+            }
+        }
+        self.catch_all.and_then(|i| self.policies.get(i))
+    }
+
+    /// Decides one request. `entropy` is a random number used only when the request carries no key
+    /// (neither a sticky value nor `x-request-id`).
+    pub fn decide<'e, 'r>(&'e self, req: &Request<'r>, entropy: u64) -> Decision<'e, 'r> {
+        let Some(policy) = self.policy_for(req.host()) else {
+            return Decision::none();
+        };
+        let Some(rule) = policy
+            .rules
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req)))
+        else {
+            return Decision {
+                policy: Some(policy),
+                ..Decision::none()
+            };
+        };
+        let request_id = req.header(b"x-request-id").filter(|v| !v.is_empty());
+        let sticky_key = rule.sticky.as_ref().and_then(|s| s.read(req));
+        let (index, pick) = rule.pick(req, sticky_key, request_id, entropy);
+        let destination = rule.destinations.get(index);
+        let mut d = Decision {
+            policy: Some(policy),
+            rule: Some(rule),
+            destination,
+            pick: Some(pick),
+            sticky_key,
+            delay: None,
+            abort: None,
+        };
+        if let (Some(f), Some(dest)) = (&rule.fault, destination) {
+            if f.in_scope(req, dest) {
+                let fault_key = f.sticky.as_ref().and_then(|s| s.read(req));
+                let (key, kind) = match (fault_key, request_id) {
+                    (Some(k), _) => (Some(k), KeyKind::Sticky),
+                    (None, Some(id)) => (Some(id), KeyKind::RequestId),
+                    (None, None) => (None, KeyKind::Random),
+                };
+                let roll = |salt: &[u8]| match key {
+                    Some(k) => slot(salt, rule.name.as_bytes(), k, ROLL_SPACE),
+                    None => {
+                        (StableHasher::new()
+                            .write(salt)
+                            .write(&entropy.to_le_bytes())
+                            .finish()
+                            % u64::from(ROLL_SPACE)) as u32
+                    }
+                };
+                d.delay = f.delay.map(|spec| {
+                    let r = roll(b"ksit-delay");
+                    Roll {
+                        spec,
+                        roll: r,
+                        key: kind,
+                        applied: r < spec.ppm,
+                    }
+                });
+                d.abort = f.abort.map(|spec| {
+                    let r = roll(b"ksit-abort");
+                    Roll {
+                        spec,
+                        roll: r,
+                        key: kind,
+                        applied: r < spec.ppm,
+                    }
+                });
+            }
+        }
+        d
+    }
+}
+
+impl CompiledRule {
+    fn pick(
+        &self,
+        req: &Request<'_>,
+        sticky: Option<&[u8]>,
+        request_id: Option<&[u8]>,
+        entropy: u64,
+    ) -> (usize, Pick) {
+        if let Some(h) = &self.override_header {
+            if let Some(v) = req.header(h) {
+                if let Some(i) = self.destinations.iter().position(|d| d.key.as_bytes() == v) {
+                    if self.overridable.get(i).copied().unwrap_or(false) {
+                        return (i, Pick::Override);
+                    }
+                }
+            }
+        }
+        if self.destinations.len() <= 1 {
+            return (0, Pick::Single);
+        }
+        let (bucket, key) = match (sticky, request_id) {
+            (Some(k), _) => (
+                slot(b"ksit-canary", self.name.as_bytes(), k, BUCKETS),
+                KeyKind::Sticky,
+            ),
+            (None, Some(id)) => (
+                slot(b"ksit-canary", self.name.as_bytes(), id, BUCKETS),
+                KeyKind::RequestId,
+            ),
+            (None, None) => ((entropy % u64::from(BUCKETS)) as u32, KeyKind::Random),
+        };
+        let index = self
+            .bounds
+            .iter()
+            .position(|b| bucket < *b)
+            .unwrap_or(self.bounds.len() - 1);
+        (index, Pick::Bucket { bucket, key })
+    }
+}
+
+impl CompiledFault {
+    fn in_scope(&self, req: &Request<'_>, dest: &CompiledDestination) -> bool {
+        (self.when_destinations.is_empty()
+            || self
+                .when_destinations
+                .iter()
+                .any(|w| *w == dest.key || *w == dest.host))
+            && self
+                .when_headers
+                .iter()
+                .all(|(n, m)| req.header(n).is_some_and(|v| m.matches(v)))
+    }
+}

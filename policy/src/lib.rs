@@ -1,0 +1,24 @@
+//! ksit-policy: the TrafficPolicy schema, its validation (errors name the field path), its compilation into
+//! an immutable index, and the decision for one request. Pure Rust with no proxy or Kubernetes dependency:
+//! the Envoy filter, the controller and the CLI all decide with this crate.
+
+pub mod config;
+pub mod duration;
+pub mod engine;
+pub mod error;
+pub mod hash;
+pub mod request;
+pub mod spec;
+pub mod validate;
+
+pub use config::{NamedPolicy, PluginConfig};
+pub use engine::{AbortStatus, Decision, Engine, KeyKind, Pick};
+pub use error::{ConfigError, FieldError};
+pub use request::Request;
+pub use spec::TrafficPolicySpec;
+pub use validate::{validate_spec, DESTINATION_HEADER};
+
+/// JSON schema of TrafficPolicy `spec`, generated from the Rust types.
+pub fn spec_json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(TrafficPolicySpec)).unwrap_or_default()
+}
