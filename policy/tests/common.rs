@@ -1,5 +1,5 @@
 //! Shared helpers for the policy tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ksit_policy::{Decision, Engine, Request};
 
