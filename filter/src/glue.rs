@@ -1,0 +1,324 @@
+//! proxy-wasm glue: configuration, per-request enforcement of the engine's decision, delay release on tick.
+
+use crate::paused::{Paused, PausedSet};
+use crate::{header_map, host, metrics};
+use ksit_policy::{AbortStatus, Engine, Request, DESTINATION_HEADER};
+use log::{error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
+}}
+
+/// How often paused requests are checked while any are held.
+const TICK_MS: u32 = 10;
+
+/// Metric ids for one rule.
+struct RuleMetrics {
+    per_destination: Vec<u32>,
+    delays: u32,
+    aborts: u32,
+    skipped: u32,
+}
+
+struct Metrics {
+    rules: Vec<RuleMetrics>,
+    unmatched: u32,
+    spoofed: u32,
+    active_delays: u32,
+}
+
+/// Everything one worker's HTTP contexts share: the compiled policy, metric ids and the paused requests.
+struct Shared {
+    engine: Engine,
+    metrics: Metrics,
+    paused: RefCell<PausedSet>,
+    rng: Cell<u64>,
+}
+
+impl Shared {
+    fn entropy(&self) -> u64 {
+        // xorshift64*: only for requests that carry no key at all.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+    config_errors: Option<u32>,
+    due: Vec<Paused>,
+}
+
+fn define(kind: MetricType, name: &str) -> u32 {
+    proxy_wasm::hostcalls::define_metric(kind, name).unwrap_or(u32::MAX)
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        info!("ksit filter {} starting", env!("CARGO_PKG_VERSION"));
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let errors = *self
+            .config_errors
+            .get_or_insert_with(|| define(MetricType::Counter, metrics::CONFIG_ERRORS));
+        let config = proxy_wasm::hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let env_cluster = std::env::var("KSIT_CLUSTER").ok();
+        let engine = match Engine::from_json(&config, env_cluster.as_deref()) {
+            Ok(e) => e,
+            Err(e) => {
+                for fe in &e.errors {
+                    error!("ksit: invalid pluginConfig: {fe}");
+                }
+                error!(
+                    "ksit: pluginConfig rejected with {} error(s); the filter will not start",
+                    e.errors.len()
+                );
+                host::increment(errors, 1);
+                return false;
+            }
+        };
+        let rules = engine
+            .policies()
+            .iter()
+            .flat_map(|p| &p.rules)
+            .map(|r| RuleMetrics {
+                per_destination: r
+                    .destinations
+                    .iter()
+                    .map(|d| define(MetricType::Counter, &metrics::requests(&r.name, &d.key)))
+                    .collect(),
+                delays: define(MetricType::Counter, &metrics::delays(&r.name)),
+                aborts: define(MetricType::Counter, &metrics::aborts(&r.name)),
+                skipped: define(MetricType::Counter, &metrics::faults_skipped(&r.name)),
+            })
+            .collect();
+        let m = Metrics {
+            rules,
+            unmatched: define(MetricType::Counter, metrics::UNMATCHED),
+            spoofed: define(MetricType::Counter, metrics::SPOOFED),
+            active_delays: define(MetricType::Gauge, metrics::ACTIVE_DELAYS),
+        };
+        info!(
+            "ksit: configured {} polic{}, {} rule(s), cluster {}, maxActiveFaults {}",
+            engine.policies().len(),
+            if engine.policies().len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            engine.rule_count(),
+            engine.cluster().unwrap_or("(none)"),
+            engine.max_active_faults()
+        );
+        // Requests still paused under the previous configuration keep their place: they are released by
+        // this root's tick with the set carried over.
+        let paused = self
+            .shared
+            .as_ref()
+            .map(|s| std::mem::take(&mut *s.paused.borrow_mut()))
+            .unwrap_or_default();
+        self.shared = Some(Rc::new(Shared {
+            engine,
+            metrics: m,
+            paused: RefCell::new(paused),
+            rng: Cell::new(host::now_ms() ^ 0x9e37_79b9_7f4a_7c15 | 1),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = host::now_ms();
+        self.due.clear();
+        let empty = {
+            let mut paused = shared.paused.borrow_mut();
+            paused.take_due(now, &mut self.due);
+            paused.is_empty()
+        };
+        for p in &self.due {
+            host::increment(shared.metrics.active_delays, -1);
+            if !host::set_effective_context(p.context_id) {
+                continue; // the stream is gone
+            }
+            match p.then_abort {
+                Some(status) => abort(status),
+                None => {
+                    host::resume_request();
+                }
+            }
+        }
+        if empty {
+            host::set_tick_period_ms(0);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            id: context_id,
+            shared: self.shared.clone(),
+            paused: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    id: u32,
+    shared: Option<Rc<Shared>>,
+    paused: bool,
+}
+
+impl Context for Http {}
+
+fn abort(status: AbortStatus) {
+    let ok = match status {
+        AbortStatus::Http(code) => host::send_local_response(
+            code,
+            "ksit_fault_abort",
+            b"fault filter abort",
+            &[(b"x-ksit-fault", b"abort")],
+            -1,
+        ),
+        AbortStatus::Grpc(code) => host::send_local_response(
+            200,
+            "ksit_fault_abort",
+            b"",
+            &[(b"x-ksit-fault", b"abort")],
+            code as i32,
+        ),
+    };
+    if !ok {
+        warn!("ksit: host refused the local reply for an abort fault");
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Some(buf) = host::request_headers() else {
+            return Action::Continue;
+        };
+        let mut pairs = Vec::with_capacity(num_headers);
+        header_map::parse(&buf, &mut pairs);
+        let spoofed = pairs
+            .iter()
+            .any(|(n, _)| *n == DESTINATION_HEADER.as_bytes());
+        let d = shared
+            .engine
+            .decide(&Request::new(&pairs), shared.entropy());
+        let m = &shared.metrics;
+        match (d.rule, d.destination) {
+            (Some(rule), Some(dest)) => {
+                host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
+                if let Some(rm) = m.rules.get(rule.id) {
+                    let di = rule
+                        .destinations
+                        .iter()
+                        .position(|x| std::ptr::eq(x, dest))
+                        .unwrap_or(0);
+                    if let Some(id) = rm.per_destination.get(di) {
+                        host::increment(*id, 1);
+                    }
+                }
+            }
+            _ => {
+                if spoofed {
+                    host::remove_request_header(DESTINATION_HEADER);
+                }
+                if d.policy.is_some() {
+                    host::increment(m.unmatched, 1);
+                }
+            }
+        }
+        if spoofed {
+            host::increment(m.spoofed, 1);
+        }
+        let Some(rule) = d.rule else {
+            return Action::Continue;
+        };
+        let rm = m.rules.get(rule.id);
+        let then_abort = d.abort.filter(|a| a.applied).map(|a| a.spec.status);
+        if let Some(delay) = d.delay.filter(|r| r.applied) {
+            let entry = Paused {
+                context_id: self.id,
+                due_ms: host::now_ms() + delay.spec.millis,
+                then_abort,
+            };
+            let (held, was_empty) = {
+                let mut paused = shared.paused.borrow_mut();
+                let was_empty = paused.is_empty();
+                (
+                    paused.try_insert(entry, shared.engine.max_active_faults()),
+                    was_empty,
+                )
+            };
+            if held {
+                self.paused = true;
+                if was_empty {
+                    host::set_tick_period_ms(TICK_MS);
+                }
+                host::increment(m.active_delays, 1);
+                if let Some(rm) = rm {
+                    host::increment(rm.delays, 1);
+                    if then_abort.is_some() {
+                        host::increment(rm.aborts, 1);
+                    }
+                }
+                return Action::Pause;
+            }
+            if let Some(rm) = rm {
+                host::increment(rm.skipped, 1);
+            }
+        }
+        if let Some(status) = then_abort {
+            if let Some(rm) = rm {
+                host::increment(rm.aborts, 1);
+            }
+            abort(status);
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+}
+
+impl Drop for Http {
+    /// A stream that ends while paused (client reset or timeout) leaves nothing behind.
+    fn drop(&mut self) {
+        if !self.paused {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            if shared.paused.borrow_mut().remove(self.id) {
+                host::increment(shared.metrics.active_delays, -1);
+            }
+        }
+    }
+}
