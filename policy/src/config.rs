@@ -86,6 +86,8 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
         let inner = e.path().to_string();
         let path = if inner == "." || inner.is_empty() {
             prefix.to_string()
+        } else if prefix.is_empty() {
+            inner
         } else if inner.starts_with('[') {
             format!("{prefix}{inner}")
         } else {

@@ -1,0 +1,5 @@
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {}
+pub fn run(_a: ControllerArgs) -> anyhow::Result<()> {
+    anyhow::bail!("todo")
+}

@@ -1,0 +1,784 @@
+//! Desired state: which objects every cluster should hold, computed from a snapshot of the hub.
+//!
+//! Pure (no I/O), so the controller and `ksit render` produce the same objects, byte for byte.
+
+use crate::resources::{BindingPolicy, DownsyncClause, TrafficPolicy};
+use ksit_policy::TrafficPolicySpec;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "ksit";
+/// Names the BindingPolicies that send an object (comma-separated).
+pub const BINDING_ANNOTATION: &str = "ksit.io/binding";
+/// Names the hub object an object was copied or rendered from (`Kind namespace/name`).
+pub const SOURCE_ANNOTATION: &str = "ksit.io/source";
+pub const FIELD_MANAGER: &str = "ksit-controller";
+/// The request header the filter writes and the rendered VirtualService routes on.
+pub const DESTINATION_HEADER: &str = ksit_policy::DESTINATION_HEADER;
+
+/// A kind of object, enough to address it through the API.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKind {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub plural: String,
+    pub namespaced: bool,
+}
+
+impl ResourceKind {
+    pub fn new(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+        ResourceKind {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            namespaced,
+        }
+    }
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+    pub fn namespace_kind() -> Self {
+        Self::new("", "v1", "Namespace", "namespaces", false)
+    }
+    pub fn wasm_plugin() -> Self {
+        Self::new(
+            "extensions.istio.io",
+            "v1alpha1",
+            "WasmPlugin",
+            "wasmplugins",
+            true,
+        )
+    }
+    pub fn virtual_service() -> Self {
+        Self::new(
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+            true,
+        )
+    }
+    /// Order of application: namespaces first, then everything else by group and kind.
+    fn rank(&self) -> u8 {
+        u8::from(self.kind != "Namespace")
+    }
+}
+
+/// A member cluster as the hub describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An object on the hub that a downsync clause may select.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HubObject {
+    pub kind: ResourceKind,
+    pub object: Value,
+}
+
+impl HubObject {
+    pub fn namespace(&self) -> Option<&str> {
+        self.object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+    pub fn name(&self) -> &str {
+        self.object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        labels_of(&self.object)
+    }
+}
+
+pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
+    obj.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where rendered WasmPlugins load the filter from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModuleSource {
+    /// Served by the controller: `url` ends in `/modules/<sha256>.wasm`.
+    Http { url: String, sha256: String },
+    /// An OCI image in Istio's Wasm image format.
+    Oci { image: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderSettings {
+    pub module: ModuleSource,
+    /// Namespace of the gateways a `selector` such as `istio: ingressgateway` picks.
+    pub gateway_namespace: String,
+}
+
+/// Everything on the hub that decides the desired state.
+#[derive(Clone, Debug, Default)]
+pub struct Hub {
+    pub clusters: Vec<Cluster>,
+    pub bindings: Vec<BindingPolicy>,
+    /// Candidate objects for downsync (TrafficPolicies are given separately).
+    pub objects: Vec<HubObject>,
+    pub traffic_policies: Vec<TrafficPolicy>,
+    pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One object a cluster should hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredObject {
+    pub kind: ResourceKind,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// BindingPolicies that send it.
+    pub bindings: Vec<String>,
+    /// Create when missing, never update (KubeStellar `createOnly`; always for namespaces).
+    pub create_only: bool,
+    /// For rendered objects, the TrafficPolicy (`namespace/name`) and its generation.
+    pub traffic_policy: Option<(String, i64)>,
+    /// The object as applied (server-side apply body).
+    pub manifest: Value,
+}
+
+impl DesiredObject {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: ResourceKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind.kind, self.name),
+        }
+    }
+}
+
+/// A problem found while rendering, reported in the status of the object it names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Note {
+    pub cluster: String,
+    /// `TrafficPolicy ns/name` or `BindingPolicy name`.
+    pub object: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterDesired {
+    pub objects: Vec<DesiredObject>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// Every cluster known to the hub, bound or not (an unbound cluster should hold nothing).
+    pub clusters: BTreeMap<String, ClusterDesired>,
+    /// Per binding, the clusters it binds.
+    pub bound: BTreeMap<String, Vec<String>>,
+    pub notes: Vec<Note>,
+}
+
+/// KubeStellar's object test for one clause.
+pub fn clause_matches(
+    c: &DownsyncClause,
+    group: &str,
+    plural: &str,
+    namespace: Option<&str>,
+    names: &[&str],
+    labels: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
+) -> bool {
+    let all = |v: &[String]| v.is_empty() || v.iter().any(|x| x == "*");
+    c.api_group.as_deref().is_none_or(|g| g == group)
+        && (all(&c.resources) || c.resources.iter().any(|r| r == plural))
+        && (c.namespaces.is_empty()
+            || c.namespaces.iter().any(|n| n == "*")
+            || namespace.is_some_and(|ns| c.namespaces.iter().any(|n| n == ns)))
+        && (c.namespace_selectors.is_empty()
+            || match namespace {
+                Some(ns) => {
+                    let empty = BTreeMap::new();
+                    let l = namespace_labels.get(ns).unwrap_or(&empty);
+                    c.namespace_selectors.iter().any(|s| s.matches(l))
+                }
+                None => c.namespace_selectors.iter().any(|s| s.is_empty()),
+            })
+        && (c.object_selectors.is_empty() || c.object_selectors.iter().any(|s| s.matches(labels)))
+        && (all(&c.object_names) || c.object_names.iter().any(|n| names.contains(&n.as_str())))
+}
+
+/// The clusters a binding selects (ORed selectors; none selects nothing).
+pub fn bound_clusters<'c>(b: &BindingPolicy, clusters: &'c [Cluster]) -> Vec<&'c Cluster> {
+    clusters
+        .iter()
+        .filter(|c| {
+            b.spec
+                .cluster_selectors
+                .iter()
+                .any(|s| s.matches(&c.labels))
+        })
+        .collect()
+}
+
+/// Fields the API server owns, never copied to a member.
+fn clean_copy(obj: &Value, kind: &ResourceKind) -> Value {
+    let mut meta = Map::new();
+    let m = obj.get("metadata").cloned().unwrap_or(json!({}));
+    for k in ["name", "namespace", "labels", "annotations"] {
+        if let Some(v) = m.get(k) {
+            meta.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(Value::Object(a)) = meta.get_mut("annotations") {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
+    }
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), json!(kind.api_version()));
+    out.insert("kind".into(), json!(kind.kind));
+    out.insert("metadata".into(), Value::Object(meta));
+    if let Value::Object(o) = obj {
+        for (k, v) in o {
+            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !kind.namespaced {
+        if let Some(Value::Object(meta)) = out.get_mut("metadata") {
+            meta.remove("namespace");
+        }
+    }
+    Value::Object(out)
+}
+
+fn mark(manifest: &mut Value, bindings: &[String], source: &str) {
+    let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    if let Some(l) = labels.as_object_mut() {
+        l.insert(MANAGED_BY_LABEL.into(), json!(MANAGED_BY_VALUE));
+    }
+    let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+    if let Some(a) = ann.as_object_mut() {
+        a.insert(BINDING_ANNOTATION.into(), json!(bindings.join(",")));
+        a.insert(SOURCE_ANNOTATION.into(), json!(source));
+    }
+}
+
+/// Namespace a TrafficPolicy's WasmPlugin must live in for Istio to apply its selector to the workloads:
+/// gateways run in the gateway namespace; `targetRefs` name theirs; otherwise the policy's own namespace.
+pub fn wasm_plugin_namespace(
+    tp_namespace: &str,
+    spec: &TrafficPolicySpec,
+    gateway_namespace: &str,
+) -> String {
+    if let Some(ns) = spec.target_refs.iter().find_map(|t| t.namespace.clone()) {
+        return ns;
+    }
+    if let Some(sel) = &spec.selector {
+        let gateway = sel
+            .match_labels
+            .get("istio")
+            .is_some_and(|v| v.ends_with("gateway"))
+            || sel
+                .match_labels
+                .contains_key("gateway.networking.k8s.io/gateway-name")
+            || sel
+                .match_labels
+                .get("app")
+                .is_some_and(|v| v.starts_with("istio-") && v.ends_with("gateway"));
+        if gateway {
+            return gateway_namespace.to_string();
+        }
+    }
+    tp_namespace.to_string()
+}
+
+pub fn wasm_plugin_name(tp_namespace: &str, tp_name: &str, plugin_namespace: &str) -> String {
+    if tp_namespace == plugin_namespace {
+        format!("ksit-{tp_name}")
+    } else {
+        format!("ksit-{tp_namespace}-{tp_name}")
+    }
+}
+
+/// The filter's pluginConfig for one cluster: the spec with that cluster's overrides resolved, plus its name.
+pub fn plugin_config(spec: &TrafficPolicySpec, cluster: &str) -> Value {
+    let resolved = spec.resolve(Some(cluster));
+    let mut v = serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}));
+    if let Some(m) = v.as_object_mut() {
+        m.insert("cluster".into(), json!(cluster));
+    }
+    v
+}
+
+fn render_wasm_plugin(
+    tp: &TrafficPolicy,
+    cluster: &str,
+    settings: &RenderSettings,
+    bindings: &[String],
+) -> DesiredObject {
+    let ns = tp
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = tp.metadata.name.clone().unwrap_or_default();
+    let spec = &tp.spec.0;
+    let plugin_ns = wasm_plugin_namespace(&ns, spec, &settings.gateway_namespace);
+    let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
+    let mut s = Map::new();
+    if let Some(sel) = &spec.selector {
+        s.insert("selector".into(), json!({"matchLabels": sel.match_labels}));
+    }
+    if !spec.target_refs.is_empty() {
+        s.insert(
+            "targetRefs".into(),
+            serde_json::to_value(&spec.target_refs).unwrap_or_default(),
+        );
+    }
+    match &settings.module {
+        ModuleSource::Http { url, sha256 } => {
+            s.insert("url".into(), json!(url));
+            s.insert("sha256".into(), json!(sha256));
+        }
+        ModuleSource::Oci { image } => {
+            s.insert("url".into(), json!(image));
+            s.insert("imagePullPolicy".into(), json!("IfNotPresent"));
+        }
+    }
+    s.insert("pluginName".into(), json!("ksit"));
+    s.insert(
+        "failStrategy".into(),
+        json!(match spec.fail_strategy {
+            ksit_policy::spec::FailStrategy::FailOpen => "FAIL_OPEN",
+            ksit_policy::spec::FailStrategy::FailClose => "FAIL_CLOSE",
+        }),
+    );
+    s.insert("pluginConfig".into(), plugin_config(spec, cluster));
+    s.insert(
+        "vmConfig".into(),
+        json!({"env": [{"name": "KSIT_CLUSTER", "value": cluster}]}),
+    );
+    let mut manifest = json!({
+        "apiVersion": ResourceKind::wasm_plugin().api_version(),
+        "kind": "WasmPlugin",
+        "metadata": {"name": plugin_name, "namespace": plugin_ns},
+        "spec": Value::Object(s),
+    });
+    mark(
+        &mut manifest,
+        bindings,
+        &format!("TrafficPolicy {ns}/{name}"),
+    );
+    DesiredObject {
+        kind: ResourceKind::wasm_plugin(),
+        namespace: Some(plugin_ns),
+        name: plugin_name,
+        bindings: bindings.to_vec(),
+        create_only: false,
+        traffic_policy: Some((format!("{ns}/{name}"), tp.metadata.generation.unwrap_or(0))),
+        manifest,
+    }
+}
+
+fn destination_json(d: &ksit_policy::spec::Destination) -> Value {
+    serde_json::to_value(d).unwrap_or_default()
+}
+
+/// The VirtualService that routes on the filter's decision, then (for requests the filter did not decide,
+/// e.g. when it is absent or failed open) each rule's matches to its stable destination (largest weight).
+pub fn render_virtual_service(
+    tp: &TrafficPolicy,
+    cluster: &str,
+    bindings: &[String],
+) -> DesiredObject {
+    let ns = tp
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = tp.metadata.name.clone().unwrap_or_default();
+    let spec = tp.spec.0.resolve(Some(cluster));
+    let header = |key: &str| json!({DESTINATION_HEADER: {"exact": key}});
+    let mut routes = Vec::new();
+    let passthrough = |r: &ksit_policy::spec::HttpRule, route: &mut Map<String, Value>| {
+        if let Some(t) = &r.timeout {
+            route.insert("timeout".into(), json!(t));
+        }
+        if let Some(x) = &r.retries {
+            route.insert(
+                "retries".into(),
+                serde_json::to_value(x).unwrap_or_default(),
+            );
+        }
+        if let Some(x) = &r.rewrite {
+            route.insert(
+                "rewrite".into(),
+                serde_json::to_value(x).unwrap_or_default(),
+            );
+        }
+    };
+    for (ri, rule) in spec.http.iter().enumerate() {
+        let rule_name = rule.name.clone().unwrap_or_else(|| format!("http-{ri}"));
+        for d in &rule.route {
+            let key = d.destination.key();
+            let matches: Vec<Value> = if rule.matches.is_empty() {
+                vec![json!({"headers": header(&key)})]
+            } else {
+                rule.matches
+                    .iter()
+                    .map(|m| {
+                        let mut mv = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+                        if let Some(o) = mv.as_object_mut() {
+                            o.remove("name");
+                            let h = o.entry("headers").or_insert_with(|| json!({}));
+                            if let Some(h) = h.as_object_mut() {
+                                h.insert(DESTINATION_HEADER.into(), json!({"exact": key}));
+                            }
+                        }
+                        mv
+                    })
+                    .collect()
+            };
+            let mut route = Map::new();
+            route.insert(
+                "name".into(),
+                json!(format!("{rule_name}-{}", key.replace('|', "-"))),
+            );
+            route.insert("match".into(), Value::Array(matches));
+            route.insert(
+                "route".into(),
+                json!([{"destination": destination_json(&d.destination)}]),
+            );
+            passthrough(rule, &mut route);
+            routes.push(Value::Object(route));
+        }
+    }
+    for (ri, rule) in spec.http.iter().enumerate() {
+        let rule_name = rule.name.clone().unwrap_or_else(|| format!("http-{ri}"));
+        let stable = rule
+            .route
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, d)| {
+                (
+                    if rule.route.len() == 1 {
+                        1
+                    } else {
+                        d.weight.unwrap_or(0)
+                    },
+                    std::cmp::Reverse(*i),
+                )
+            })
+            .map(|(_, d)| d);
+        let Some(stable) = stable else { continue };
+        let mut route = Map::new();
+        route.insert("name".into(), json!(format!("{rule_name}-default")));
+        if !rule.matches.is_empty() {
+            let matches: Vec<Value> = rule
+                .matches
+                .iter()
+                .map(|m| {
+                    let mut mv = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+                    if let Some(o) = mv.as_object_mut() {
+                        o.remove("name");
+                    }
+                    mv
+                })
+                .collect();
+            route.insert("match".into(), Value::Array(matches));
+        }
+        route.insert(
+            "route".into(),
+            json!([{"destination": destination_json(&stable.destination)}]),
+        );
+        passthrough(rule, &mut route);
+        routes.push(Value::Object(route));
+    }
+    let vs_name = format!("ksit-{name}");
+    let mut vspec = Map::new();
+    vspec.insert("hosts".into(), json!(spec.hosts));
+    if !spec.gateways.is_empty() {
+        vspec.insert("gateways".into(), json!(spec.gateways));
+    }
+    vspec.insert("http".into(), Value::Array(routes));
+    let mut manifest = json!({
+        "apiVersion": ResourceKind::virtual_service().api_version(),
+        "kind": "VirtualService",
+        "metadata": {"name": vs_name, "namespace": ns},
+        "spec": Value::Object(vspec),
+    });
+    mark(
+        &mut manifest,
+        bindings,
+        &format!("TrafficPolicy {ns}/{name}"),
+    );
+    DesiredObject {
+        kind: ResourceKind::virtual_service(),
+        namespace: Some(ns.clone()),
+        name: vs_name,
+        bindings: bindings.to_vec(),
+        create_only: false,
+        traffic_policy: Some((format!("{ns}/{name}"), tp.metadata.generation.unwrap_or(0))),
+        manifest,
+    }
+}
+
+/// Computes every cluster's desired objects.
+pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
+    let mut out = Desired::default();
+    // cluster -> object key -> (object, bindings)
+    let mut per: BTreeMap<String, BTreeMap<ObjectKey, DesiredObject>> = BTreeMap::new();
+    for c in &hub.clusters {
+        per.entry(c.name.clone()).or_default();
+    }
+    let add = |per: &mut BTreeMap<String, BTreeMap<ObjectKey, DesiredObject>>,
+               cluster: &str,
+               obj: DesiredObject,
+               binding: &str| {
+        let entry = per.entry(cluster.to_string()).or_default();
+        match entry.get_mut(&obj.key()) {
+            Some(existing) => {
+                if !existing.bindings.iter().any(|b| b == binding) {
+                    existing.bindings.push(binding.to_string());
+                    existing.bindings.sort();
+                }
+                // createOnly only when every binding asks for it.
+                existing.create_only &= obj.create_only;
+            }
+            None => {
+                let mut o = obj;
+                o.bindings = vec![binding.to_string()];
+                entry.insert(o.key(), o);
+            }
+        }
+    };
+    let mut bindings: Vec<&BindingPolicy> = hub
+        .bindings
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .collect();
+    bindings.sort_by_key(|b| b.metadata.name.clone());
+    for b in bindings {
+        let bname = b.metadata.name.clone().unwrap_or_default();
+        let clusters = bound_clusters(b, &hub.clusters);
+        out.bound.insert(
+            bname.clone(),
+            clusters.iter().map(|c| c.name.clone()).collect(),
+        );
+        for o in &hub.objects {
+            let labels = o.labels();
+            let clause = b.spec.downsync.iter().find(|c| {
+                clause_matches(
+                    c,
+                    &o.kind.group,
+                    &o.kind.plural,
+                    o.namespace(),
+                    &[o.name()],
+                    &labels,
+                    &hub.namespace_labels,
+                )
+            });
+            let Some(clause) = clause else { continue };
+            for c in &clusters {
+                let mut manifest = clean_copy(&o.object, &o.kind);
+                let source = match o.namespace() {
+                    Some(ns) => format!("{} {ns}/{}", o.kind.kind, o.name()),
+                    None => format!("{} {}", o.kind.kind, o.name()),
+                };
+                mark(&mut manifest, &[bname.clone()], &source);
+                let obj = DesiredObject {
+                    kind: o.kind.clone(),
+                    namespace: o
+                        .namespace()
+                        .map(String::from)
+                        .filter(|_| o.kind.namespaced),
+                    name: o.name().to_string(),
+                    bindings: vec![],
+                    create_only: clause.create_only,
+                    traffic_policy: None,
+                    manifest,
+                };
+                add(&mut per, &c.name, obj, &bname);
+            }
+        }
+        for tp in &hub.traffic_policies {
+            if tp.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let ns = tp
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = tp.metadata.name.clone().unwrap_or_default();
+            let labels = tp.metadata.labels.clone().unwrap_or_default();
+            let plugin_ns = wasm_plugin_namespace(&ns, &tp.spec.0, &settings.gateway_namespace);
+            let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
+            let names = [name.as_str(), plugin_name.as_str()];
+            let by_policy = b.spec.downsync.iter().any(|c| {
+                clause_matches(
+                    c,
+                    "ksit.io",
+                    "trafficpolicies",
+                    Some(&ns),
+                    &names,
+                    &labels,
+                    &hub.namespace_labels,
+                )
+            });
+            let by_plugin = b.spec.downsync.iter().any(|c| {
+                clause_matches(
+                    c,
+                    "extensions.istio.io",
+                    "wasmplugins",
+                    Some(&plugin_ns),
+                    &names,
+                    &labels,
+                    &hub.namespace_labels,
+                )
+            });
+            if !(by_policy || by_plugin) {
+                let near_miss = b.spec.downsync.iter().any(|c| {
+                    clause_matches(
+                        c,
+                        "extensions.istio.io",
+                        "wasmplugins",
+                        Some(&ns),
+                        &names,
+                        &labels,
+                        &hub.namespace_labels,
+                    )
+                });
+                if near_miss {
+                    for c in &clusters {
+                        out.notes.push(Note {
+                            cluster: c.name.clone(),
+                            object: format!("TrafficPolicy {ns}/{name}"),
+                            message: format!(
+                                "its WasmPlugin must live in namespace {plugin_ns} (where the selected workloads run), which BindingPolicy {bname} does not bind; add {plugin_ns} to the clause's namespaces"
+                            ),
+                        });
+                    }
+                }
+                continue;
+            }
+            for c in &clusters {
+                add(
+                    &mut per,
+                    &c.name,
+                    render_wasm_plugin(tp, &c.name, settings, &[bname.clone()]),
+                    &bname,
+                );
+                add(
+                    &mut per,
+                    &c.name,
+                    render_virtual_service(tp, &c.name, &[bname.clone()]),
+                    &bname,
+                );
+            }
+        }
+    }
+    for (cluster, objs) in per {
+        // Every namespaced object's namespace is created first if missing (never updated, never pruned).
+        let namespaces: BTreeSet<String> =
+            objs.values().filter_map(|o| o.namespace.clone()).collect();
+        let mut list: Vec<DesiredObject> = Vec::new();
+        for ns in namespaces {
+            let key = ObjectKey {
+                kind: ResourceKind::namespace_kind(),
+                namespace: None,
+                name: ns.clone(),
+            };
+            if objs.contains_key(&key) {
+                continue;
+            }
+            let bindings: Vec<String> = objs
+                .values()
+                .filter(|o| o.namespace.as_deref() == Some(&ns))
+                .flat_map(|o| o.bindings.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut manifest =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            mark(&mut manifest, &bindings, &format!("Namespace {ns}"));
+            list.push(DesiredObject {
+                kind: ResourceKind::namespace_kind(),
+                namespace: None,
+                name: ns,
+                bindings,
+                create_only: true,
+                traffic_policy: None,
+                manifest,
+            });
+        }
+        let mut rest: Vec<DesiredObject> = objs
+            .into_values()
+            .map(|mut o| {
+                if let Some(a) = o
+                    .manifest
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(Value::as_object_mut)
+                {
+                    a.insert(BINDING_ANNOTATION.into(), json!(o.bindings.join(",")));
+                }
+                if o.kind.kind == "Namespace" {
+                    o.create_only = true;
+                }
+                o
+            })
+            .collect();
+        rest.sort_by(|a, b| (a.kind.rank(), a.key()).cmp(&(b.kind.rank(), b.key())));
+        list.extend(rest);
+        list.sort_by(|a, b| (a.kind.rank(), a.key()).cmp(&(b.kind.rank(), b.key())));
+        out.clusters
+            .insert(cluster, ClusterDesired { objects: list });
+    }
+    out.notes.sort();
+    out.notes.dedup();
+    out
+}
+
+/// Desired objects as multi-document YAML, in apply order (what `ksit render` writes).
+pub fn to_yaml(objects: &[DesiredObject]) -> String {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&o.manifest).unwrap_or_default());
+    }
+    out
+}
