@@ -1,5 +1,406 @@
-#[derive(clap::Args, Debug)]
-pub struct ControllerArgs {}
-pub fn run(_a: ControllerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+//! `ksit controller`: wiring. Watches the hub, computes the desired state, feeds one worker per member
+//! cluster, and writes status, all only while this replica holds the leader Lease.
+
+use crate::desired::{self, Desired, ObjectKey};
+use crate::hub::{HubReader, HubState};
+use crate::leader::LeaderElector;
+use crate::member::{ClusterPlan, ClusterReport, Worker, WorkerConfig};
+use crate::metrics::Metrics;
+use crate::module::ModuleArgs;
+use crate::resources::{BindingPolicy, Integration, IntegrationTarget, TrafficPolicy};
+use crate::server::{self, ServerState};
+use crate::status::{StatusWriter, View};
+use futures::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client, Config};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Hub kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+    #[arg(long, env = "KSIT_HUB_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the /healthz, /readyz, /metrics and /modules endpoint.
+    #[arg(long, env = "KSIT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub module: ModuleArgs,
+    /// Namespace of the leader Lease and of events about cluster-scoped objects.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ksit-system")]
+    pub namespace: String,
+    /// Namespaces whose IntegrationTargets (and kubeconfig Secrets) are used; repeat; default all.
+    #[arg(
+        long = "target-namespace",
+        env = "KSIT_TARGET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub target_namespaces: Vec<String>,
+    /// KubeStellar owns BindingPolicies here: do not distribute by them (status only for TrafficPolicies).
+    #[arg(long)]
+    pub kubestellar_owns_bindings: bool,
+    /// Full resync of every cluster this often, even without changes.
+    #[arg(long, default_value = "300")]
+    pub resync_seconds: u64,
+    /// Timeout of each call to a member cluster.
+    #[arg(long, default_value = "10")]
+    pub member_timeout_seconds: u64,
+    /// This replica's name in the leader Lease (default: hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration; a replica takes over this long after the leader stops renewing.
+    #[arg(long, default_value = "15")]
+    pub lease_seconds: u64,
+}
+
+pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(args))
+}
+
+async fn hub_client(args: &ControllerArgs) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = hub_client(&args).await?;
+    let (module, settings) = args.module.settings()?;
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(ServerState {
+        metrics: metrics.clone(),
+        module,
+        ready: Default::default(),
+    });
+    let server = tokio::spawn(server::serve(args.listen, state.clone()));
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "ksit".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let lease_for = Duration::from_secs(args.lease_seconds.max(3));
+    let elector = LeaderElector::new(
+        client.clone(),
+        &args.namespace,
+        "ksit-controller",
+        identity.clone(),
+        lease_for,
+    );
+    log::info!(
+        "ksit controller {identity} starting; waiting for the leader Lease {}/ksit-controller",
+        args.namespace
+    );
+    loop {
+        if server.is_finished() {
+            anyhow::bail!("the HTTP server stopped");
+        }
+        match elector.try_acquire().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(lease_for / 3).await;
+                continue;
+            }
+            Err(e) => {
+                log::warn!("leader election: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        }
+        log::info!("{identity} is the leader");
+        metrics.leader.set(1);
+        let work = tokio::spawn(lead(
+            client.clone(),
+            args.clone(),
+            settings.clone(),
+            metrics.clone(),
+            state.clone(),
+        ));
+        // Renew until renewal fails; then stop every write at once.
+        loop {
+            tokio::time::sleep(lease_for / 3).await;
+            if work.is_finished() {
+                break;
+            }
+            match elector.try_acquire().await {
+                Ok(true) => continue,
+                Ok(false) => log::warn!("{identity} lost the leader Lease"),
+                Err(e) => log::warn!("{identity} could not renew the leader Lease: {e}"),
+            }
+            break;
+        }
+        work.abort();
+        let result = work.await;
+        metrics.leader.set(0);
+        state.ready.store(false, Ordering::Relaxed);
+        if let Ok(Err(e)) = result {
+            log::error!("controller stopped: {e:#}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+struct ClusterWorker {
+    plans: watch::Sender<Arc<ClusterPlan>>,
+    task: JoinHandle<()>,
+    secret_namespace: String,
+}
+
+/// Spawns a watch on `api` that pokes `tx` on every change.
+fn poke_on_change<K>(api: Api<K>, tx: mpsc::Sender<()>) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    tokio::spawn(async move {
+        let mut s = kube::runtime::watcher(api, Default::default()).boxed();
+        while let Some(ev) = s.next().await {
+            match ev {
+                Ok(_) => {
+                    let _ = tx.try_send(());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    })
+}
+
+/// The leader's work: runs until aborted.
+async fn lead(
+    client: Client,
+    args: ControllerArgs,
+    settings: desired::RenderSettings,
+    metrics: Arc<Metrics>,
+    server: Arc<ServerState>,
+) -> anyhow::Result<()> {
+    let (poke_tx, mut poke_rx) = mpsc::channel::<()>(1);
+    let mut fixed = vec![
+        poke_on_change(Api::<TrafficPolicy>::all(client.clone()), poke_tx.clone()),
+        poke_on_change(
+            Api::<IntegrationTarget>::all(client.clone()),
+            poke_tx.clone(),
+        ),
+        poke_on_change(Api::<Integration>::all(client.clone()), poke_tx.clone()),
+        poke_on_change(
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+            poke_tx.clone(),
+        ),
+    ];
+    if !args.kubestellar_owns_bindings {
+        fixed.push(poke_on_change(
+            Api::<BindingPolicy>::all(client.clone()),
+            poke_tx.clone(),
+        ));
+    }
+    let _guard = AbortOnDrop(fixed);
+    let mut dynamic: BTreeMap<desired::ResourceKind, JoinHandle<()>> = BTreeMap::new();
+    let mut reader = HubReader::new(
+        client.clone(),
+        args.target_namespaces.clone(),
+        !args.kubestellar_owns_bindings,
+        settings.gateway_namespace.clone(),
+    );
+    let reporter = Reporter {
+        controller: "ksit-controller".into(),
+        instance: args.identity.clone(),
+    };
+    let mut status = StatusWriter::new(client.clone(), Recorder::new(client.clone(), reporter));
+    let (report_tx, mut report_rx) = mpsc::channel::<ClusterReport>(64);
+    let mut workers: BTreeMap<String, ClusterWorker> = BTreeMap::new();
+    let mut plans: BTreeMap<String, Arc<ClusterPlan>> = BTreeMap::new();
+    let mut reports: BTreeMap<String, ClusterReport> = BTreeMap::new();
+    let mut state = HubState::default();
+    let mut want = Desired::default();
+    let mut revision = 0u64;
+    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    let mut hub_dirty = true;
+    loop {
+        if hub_dirty {
+            hub_dirty = false;
+            match reader.load().await {
+                Ok(s) => {
+                    state = s;
+                    want = desired::compute(&state.hub, &settings);
+                    // Watch every distributed kind on the hub too, so a change there is picked up at once.
+                    let kinds: BTreeSet<_> =
+                        state.hub.objects.iter().map(|o| o.kind.clone()).collect();
+                    dynamic.retain(|k, h| {
+                        let keep = kinds.contains(k);
+                        if !keep {
+                            h.abort();
+                        }
+                        keep
+                    });
+                    for k in kinds {
+                        dynamic.entry(k.clone()).or_insert_with(|| {
+                            let api: Api<kube::api::DynamicObject> =
+                                Api::all_with(client.clone(), &crate::member::api_resource(&k));
+                            let tx = poke_tx.clone();
+                            tokio::spawn(async move {
+                                let mut s = kube::runtime::watcher(api, Default::default()).boxed();
+                                while let Some(ev) = s.next().await {
+                                    if ev.is_ok() {
+                                        let _ = tx.try_send(());
+                                    } else {
+                                        tokio::time::sleep(Duration::from_secs(1)).await;
+                                    }
+                                }
+                            })
+                        });
+                    }
+                    revision += 1;
+                    update_workers(
+                        &args,
+                        &client,
+                        &metrics,
+                        &state,
+                        &want,
+                        revision,
+                        &mut workers,
+                        &mut plans,
+                        &report_tx,
+                    );
+                    reports.retain(|c, _| workers.contains_key(c));
+                    metrics.clusters_total.set(workers.len() as i64);
+                    server.ready.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    log::warn!("reading the hub: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    hub_dirty = true;
+                }
+            }
+            let view = View {
+                state: &state,
+                desired: &want,
+                plans: &plans,
+                reports: &reports,
+            };
+            status.write_all(&view).await;
+        }
+        tokio::select! {
+            Some(()) = poke_rx.recv() => {
+                // Coalesce a burst of hub events into one read.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                while poke_rx.try_recv().is_ok() {}
+                hub_dirty = true;
+            }
+            Some(r) = report_rx.recv() => {
+                let mut changed = reports.get(&r.cluster) != Some(&r);
+                reports.insert(r.cluster.clone(), r);
+                while let Ok(r) = report_rx.try_recv() {
+                    changed |= reports.get(&r.cluster) != Some(&r);
+                    reports.insert(r.cluster.clone(), r);
+                }
+                metrics.clusters_ready.set(crate::status::ready_clusters(&reports, &plans) as i64);
+                if changed {
+                    let view = View { state: &state, desired: &want, plans: &plans, reports: &reports };
+                    status.write_all(&view).await;
+                }
+            }
+            _ = resync.tick() => hub_dirty = true,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_workers(
+    args: &ControllerArgs,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+    state: &HubState,
+    want: &Desired,
+    revision: u64,
+    workers: &mut BTreeMap<String, ClusterWorker>,
+    plans: &mut BTreeMap<String, Arc<ClusterPlan>>,
+    report_tx: &mpsc::Sender<ClusterReport>,
+) {
+    let targets: BTreeMap<&str, String> = state
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.spec.cluster_name.as_str(),
+                kube::ResourceExt::namespace(t).unwrap_or_default(),
+            )
+        })
+        .collect();
+    workers.retain(|c, w| {
+        let keep = targets.get(c.as_str()) == Some(&w.secret_namespace);
+        if !keep {
+            w.task.abort();
+            plans.remove(c);
+        }
+        keep
+    });
+    for (cluster, ns) in targets {
+        let objects = want
+            .clusters
+            .get(cluster)
+            .map(|c| c.objects.clone())
+            .unwrap_or_default();
+        let retain: BTreeSet<ObjectKey> = state.retain.clone();
+        let same = plans.get(cluster).is_some_and(|p| {
+            p.objects == objects && p.retain == retain && p.prune_kinds == state.prune_kinds
+        });
+        if same && workers.contains_key(cluster) {
+            continue;
+        }
+        let plan = Arc::new(ClusterPlan {
+            objects,
+            retain,
+            prune_kinds: state.prune_kinds.clone(),
+            revision,
+        });
+        plans.insert(cluster.to_string(), plan.clone());
+        match workers.get(cluster) {
+            Some(w) => {
+                let _ = w.plans.send(plan);
+            }
+            None => {
+                let (tx, rx) = watch::channel(plan);
+                let worker = Worker::new(WorkerConfig {
+                    cluster: cluster.to_string(),
+                    secret_namespace: ns.clone(),
+                    hub: client.clone(),
+                    timeout: Duration::from_secs(args.member_timeout_seconds.max(1)),
+                    resync: Duration::from_secs(args.resync_seconds.max(1)),
+                    metrics: metrics.clone(),
+                });
+                let task = tokio::spawn(worker.run(rx, report_tx.clone()));
+                workers.insert(
+                    cluster.to_string(),
+                    ClusterWorker {
+                        plans: tx,
+                        task,
+                        secret_namespace: ns,
+                    },
+                );
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }

@@ -768,9 +768,30 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
         out.clusters
             .insert(cluster, ClusterDesired { objects: list });
     }
+    for cd in out.clusters.values_mut() {
+        for o in &mut cd.objects {
+            stamp_hash(&mut o.manifest);
+        }
+    }
     out.notes.sort();
     out.notes.dedup();
     out
+}
+
+/// Records a hash of the manifest in an annotation, so a field ksit stops setting is noticed (and removed by
+/// the next server-side apply) even though the live object still holds it.
+pub const HASH_ANNOTATION: &str = "ksit.io/config-hash";
+
+fn stamp_hash(manifest: &mut Value) {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(manifest).unwrap_or_default();
+    let hash = crate::module::hex(&Sha256::digest(text.as_bytes())[..8]);
+    if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(HASH_ANNOTATION.into(), json!(hash));
+        }
+    }
 }
 
 /// Desired objects as multi-document YAML, in apply order (what `ksit render` writes).

@@ -1,11 +1,18 @@
 //! ksit-controller: the hub controller and the CLI's building blocks.
 //!
-//! `resources` (CRD types) -> `manifests` (YAML in) -> `desired` (pure desired state per cluster) ->
-//! `controller` (watch the hub, apply to members, prune, report status) with `server` (health, metrics,
-//! module download).
+//! `resources` (CRD types) -> `manifests` (YAML in) / `hub` (API in) -> `desired` (pure desired state per
+//! cluster) -> `member` (one worker per cluster: apply, prune, drift) -> `status` (hub status and events);
+//! `controller` wires them under `leader` election; `server` serves health, metrics and the module.
 
 pub mod controller;
 pub mod desired;
+pub mod error;
+pub mod hub;
+pub mod leader;
 pub mod manifests;
+pub mod member;
+pub mod metrics;
 pub mod module;
 pub mod resources;
+pub mod server;
+pub mod status;

@@ -1,0 +1,255 @@
+//! Reading the hub: the resources that decide every cluster's desired state.
+
+use crate::desired::{Cluster, Hub, HubObject, ObjectKey, ResourceKind};
+use crate::error::Error;
+use crate::manifests::is_hub_only;
+use crate::resources::{BindingPolicy, Integration, IntegrationTarget, TrafficPolicy};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DynamicObject, ListParams};
+use kube::{Api, Client, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A hub snapshot plus what the status writer needs.
+#[derive(Clone, Debug, Default)]
+pub struct HubState {
+    pub hub: Hub,
+    pub targets: Vec<IntegrationTarget>,
+    pub integrations: Vec<Integration>,
+    /// All TrafficPolicies (valid or not), for status.
+    pub traffic_policies: Vec<TrafficPolicy>,
+    /// TrafficPolicies whose spec is invalid: `namespace/name` -> errors with field paths.
+    pub invalid: BTreeMap<String, Vec<String>>,
+    /// Objects rendered from invalid TrafficPolicies: kept as they are in every cluster.
+    pub retain: BTreeSet<ObjectKey>,
+    /// Problems with BindingPolicies (by name), e.g. a clause ksit cannot evaluate.
+    pub binding_errors: BTreeMap<String, Vec<String>>,
+    /// Every kind any binding names, plus the kinds ksit renders: where stale objects are looked for.
+    pub prune_kinds: BTreeSet<ResourceKind>,
+}
+
+pub struct HubReader {
+    pub client: Client,
+    /// Namespaces IntegrationTargets (and their kubeconfig Secrets) are read from; empty = all.
+    pub target_namespaces: Vec<String>,
+    /// False when KubeStellar owns BindingPolicies: then ksit does not distribute by them.
+    pub standalone: bool,
+    pub gateway_namespace: String,
+    discovery: BTreeMap<(String, String), Option<ResourceKind>>,
+}
+
+fn hub_err(what: &str, e: kube::Error) -> Error {
+    Error::Hub(format!("{what}: {e}"))
+}
+
+impl HubReader {
+    pub fn new(
+        client: Client,
+        target_namespaces: Vec<String>,
+        standalone: bool,
+        gateway_namespace: String,
+    ) -> Self {
+        HubReader {
+            client,
+            target_namespaces,
+            standalone,
+            gateway_namespace,
+            discovery: BTreeMap::new(),
+        }
+    }
+
+    /// Resolves (group, plural) to a kind the hub serves, at the group's preferred version.
+    async fn resolve(&mut self, group: &str, plural: &str) -> Result<Option<ResourceKind>, Error> {
+        let k = (group.to_string(), plural.to_string());
+        if let Some(r) = self.discovery.get(&k) {
+            return Ok(r.clone());
+        }
+        let (version, list) = if group.is_empty() {
+            (
+                "v1".to_string(),
+                self.client.list_core_api_resources("v1").await,
+            )
+        } else {
+            let groups = self
+                .client
+                .list_api_groups()
+                .await
+                .map_err(|e| hub_err("discovery", e))?;
+            let Some(g) = groups.groups.into_iter().find(|g| g.name == group) else {
+                return Ok(None); // not cached: the CRD may be installed later
+            };
+            let version = g
+                .preferred_version
+                .map(|v| v.version)
+                .or_else(|| g.versions.first().map(|v| v.version.clone()));
+            let Some(version) = version else {
+                return Ok(None);
+            };
+            let list = self
+                .client
+                .list_api_group_resources(&format!("{group}/{version}"))
+                .await;
+            (version, list)
+        };
+        let list = list.map_err(|e| hub_err("discovery", e))?;
+        let found = list
+            .resources
+            .into_iter()
+            .find(|r| r.name == plural)
+            .map(|r| ResourceKind::new(group, &version, &r.kind, plural, r.namespaced));
+        if found.is_some() {
+            self.discovery.insert(k, found.clone());
+        }
+        Ok(found)
+    }
+
+    pub async fn load(&mut self) -> Result<HubState, Error> {
+        let c = self.client.clone();
+        let mut targets: Vec<IntegrationTarget> = Vec::new();
+        if self.target_namespaces.is_empty() {
+            targets = Api::<IntegrationTarget>::all(c.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| hub_err("IntegrationTargets", e))?
+                .items;
+        } else {
+            for ns in &self.target_namespaces {
+                targets.extend(
+                    Api::<IntegrationTarget>::namespaced(c.clone(), ns)
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(|e| hub_err("IntegrationTargets", e))?
+                        .items,
+                );
+            }
+        }
+        targets.sort_by(|a, b| a.spec.cluster_name.cmp(&b.spec.cluster_name));
+        let bindings = if self.standalone {
+            Api::<BindingPolicy>::all(c.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| hub_err("BindingPolicies", e))?
+                .items
+        } else {
+            vec![]
+        };
+        let tps = Api::<TrafficPolicy>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| hub_err("TrafficPolicies", e))?
+            .items;
+        let integrations = Api::<Integration>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let namespaces = Api::<Namespace>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| hub_err("Namespaces", e))?
+            .items;
+
+        let mut state = HubState {
+            targets: targets.clone(),
+            integrations,
+            traffic_policies: tps.clone(),
+            ..Default::default()
+        };
+        state.hub.clusters = targets
+            .iter()
+            .map(|t| Cluster {
+                name: t.spec.cluster_name.clone(),
+                labels: t.spec.labels.clone(),
+            })
+            .collect();
+        state.hub.namespace_labels = namespaces
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        state.prune_kinds.insert(ResourceKind::wasm_plugin());
+        state.prune_kinds.insert(ResourceKind::virtual_service());
+
+        // The kinds the bindings name, resolved through discovery, then their objects.
+        let mut kinds: BTreeSet<ResourceKind> = BTreeSet::new();
+        for b in &bindings {
+            let bname = b.name_any();
+            for (i, clause) in b.spec.downsync.iter().enumerate() {
+                let Some(group) = &clause.api_group else {
+                    state.binding_errors.entry(bname.clone()).or_default().push(format!(
+                        "spec.downsync[{i}].apiGroup: ksit needs the API group of the objects to send (\"\" for core)"
+                    ));
+                    continue;
+                };
+                if clause.resources.is_empty() || clause.resources.iter().any(|r| r == "*") {
+                    state.binding_errors.entry(bname.clone()).or_default().push(format!(
+                        "spec.downsync[{i}].resources: list the resources to send; ksit does not expand \"*\""
+                    ));
+                    continue;
+                }
+                for plural in &clause.resources {
+                    if is_hub_only(group) {
+                        continue; // TrafficPolicies are rendered, not copied
+                    }
+                    match self.resolve(group, plural).await? {
+                        Some(k) => {
+                            kinds.insert(k);
+                        }
+                        None if group == "extensions.istio.io" && plural == "wasmplugins" => {}
+                        None => state.binding_errors.entry(bname.clone()).or_default().push(format!(
+                            "spec.downsync[{i}].resources: the hub serves no {plural} in API group {group:?}"
+                        )),
+                    }
+                }
+            }
+        }
+        for k in &kinds {
+            let api: Api<DynamicObject> = Api::all_with(c.clone(), &crate::member::api_resource(k));
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| hub_err(&k.plural, e))?;
+            for o in list.items {
+                let name = o.name_any();
+                if k.group.is_empty() && k.plural == "secrets" && name.ends_with("-kubeconfig") {
+                    continue; // cluster credentials never leave the hub
+                }
+                let mut v = serde_json::to_value(&o).unwrap_or_default();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("apiVersion".into(), k.api_version().into());
+                    m.insert("kind".into(), k.kind.clone().into());
+                }
+                state.hub.objects.push(HubObject {
+                    kind: k.clone(),
+                    object: v,
+                });
+            }
+            state.prune_kinds.insert(k.clone());
+        }
+        state.hub.bindings = bindings;
+
+        for tp in tps {
+            let key = format!("{}/{}", tp.namespace().unwrap_or_default(), tp.name_any());
+            let errors = ksit_policy::validate_spec(&tp.spec.0, "spec");
+            if errors.is_empty() {
+                state.hub.traffic_policies.push(tp);
+            } else {
+                let ns = tp.namespace().unwrap_or_else(|| "default".into());
+                let plugin_ns =
+                    crate::desired::wasm_plugin_namespace(&ns, &tp.spec.0, &self.gateway_namespace);
+                state.retain.insert(ObjectKey {
+                    kind: ResourceKind::wasm_plugin(),
+                    namespace: Some(plugin_ns.clone()),
+                    name: crate::desired::wasm_plugin_name(&ns, &tp.name_any(), &plugin_ns),
+                });
+                state.retain.insert(ObjectKey {
+                    kind: ResourceKind::virtual_service(),
+                    namespace: Some(ns),
+                    name: format!("ksit-{}", tp.name_any()),
+                });
+                state
+                    .invalid
+                    .insert(key, errors.iter().map(ToString::to_string).collect());
+            }
+        }
+        Ok(state)
+    }
+}

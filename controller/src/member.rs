@@ -1,0 +1,618 @@
+//! One worker per member cluster: connects with the cluster's kubeconfig Secret, applies its desired objects
+//! with server-side apply, prunes what ksit applied and no longer wants, watches its managed objects for
+//! drift, and reports. A slow or unreachable cluster only ever delays its own worker.
+
+use crate::desired::{
+    DesiredObject, ObjectKey, ResourceKind, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+};
+use crate::error::Error;
+use crate::metrics::{ClusterLabel, ErrorLabels, Metrics, WriteLabels};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// What one cluster should hold.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterPlan {
+    pub objects: Vec<DesiredObject>,
+    /// Objects to leave as they are (their source is invalid right now): neither updated nor pruned.
+    pub retain: BTreeSet<ObjectKey>,
+    /// Kinds to look for stale ksit-managed objects in.
+    pub prune_kinds: BTreeSet<ResourceKind>,
+    /// Increases with every new plan (reports say which plan they are about).
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Synced,
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectReport {
+    pub key: ObjectKey,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IstioHealth {
+    pub istiod_available: bool,
+    pub ingress_gateway: bool,
+}
+
+/// The result of one reconcile of one cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterReport {
+    pub cluster: String,
+    pub revision: u64,
+    pub reachable: bool,
+    /// Cluster-wide problem (kubeconfig, unreachable, timeout).
+    pub error: Option<String>,
+    pub objects: Vec<ObjectReport>,
+    pub istio: Option<IstioHealth>,
+    pub writes: u32,
+}
+
+pub struct WorkerConfig {
+    pub cluster: String,
+    /// Namespace of the IntegrationTarget, where Secret `<cluster>-kubeconfig` lives.
+    pub secret_namespace: String,
+    pub hub: Client,
+    pub timeout: Duration,
+    pub resync: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn api_resource(k: &ResourceKind) -> ApiResource {
+    ApiResource {
+        group: k.group.clone(),
+        version: k.version.clone(),
+        api_version: k.api_version(),
+        kind: k.kind.clone(),
+        plural: k.plural.clone(),
+    }
+}
+
+fn api_for(client: &Client, k: &ResourceKind, namespace: Option<&str>) -> Api<DynamicObject> {
+    let ar = api_resource(k);
+    match (k.namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// True when every field of `desired` is in `live` with the same value (maps may hold more in `live`).
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| l.get(k).is_some_and(|lv| contains(lv, dv))),
+        (Value::Array(l), Value::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(a, b)| contains(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
+/// Whether ksit owns `live`: it carries ksit's label and ksit-controller is one of its field managers.
+pub fn owned(live: &DynamicObject) -> bool {
+    let labelled = live
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .map(String::as_str)
+        == Some(MANAGED_BY_VALUE);
+    let managed = live.metadata.managed_fields.as_ref().is_some_and(|m| {
+        m.iter()
+            .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+    });
+    labelled && managed
+}
+
+fn managers(live: &DynamicObject) -> String {
+    let m: Vec<String> = live
+        .metadata
+        .managed_fields
+        .as_ref()
+        .map(|m| m.iter().filter_map(|f| f.manager.clone()).collect())
+        .unwrap_or_default();
+    if m.is_empty() {
+        "no field managers".into()
+    } else {
+        format!("field managers: {}", m.join(", "))
+    }
+}
+
+async fn timed<T>(
+    cluster: &str,
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(cluster, e)),
+        Err(_) => Err(Error::Timeout {
+            cluster: cluster.into(),
+            seconds: limit.as_secs(),
+        }),
+    }
+}
+
+/// Connection-level failures make the whole cluster unreachable; API errors stay errors of one object.
+fn classify(cluster: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(_) => Error::Kube(e),
+        other => Error::Unreachable {
+            cluster: cluster.into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn is_cluster_wide(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unreachable { .. } | Error::Timeout { .. } | Error::Kubeconfig { .. }
+    )
+}
+
+pub struct Worker {
+    cfg: WorkerConfig,
+    client: Option<(u64, Client)>,
+    /// Kinds known to exist in the cluster, per apiVersion.
+    discovered: BTreeMap<String, Option<BTreeSet<String>>>,
+    watched: BTreeSet<ResourceKind>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+    drift_tx: mpsc::Sender<()>,
+    drift_rx: mpsc::Receiver<()>,
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig) -> Self {
+        let (drift_tx, drift_rx) = mpsc::channel(1);
+        Worker {
+            cfg,
+            client: None,
+            discovered: BTreeMap::new(),
+            watched: BTreeSet::new(),
+            watchers: vec![],
+            drift_tx,
+            drift_rx,
+        }
+    }
+
+    /// Runs until the plan channel closes (the cluster left the hub).
+    pub async fn run(
+        mut self,
+        mut plans: watch::Receiver<Arc<ClusterPlan>>,
+        reports: mpsc::Sender<ClusterReport>,
+    ) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let plan = plans.borrow_and_update().clone();
+            let started = Instant::now();
+            let report = self.reconcile(&plan).await;
+            let failed = report.error.is_some()
+                || report
+                    .objects
+                    .iter()
+                    .any(|o| matches!(o.outcome, Outcome::Failed(_)));
+            self.cfg
+                .metrics
+                .reconciles
+                .get_or_create(&ClusterLabel {
+                    cluster: self.cfg.cluster.clone(),
+                })
+                .inc();
+            self.cfg
+                .metrics
+                .apply_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if reports.send(report).await.is_err() {
+                break;
+            }
+            let wait = if failed {
+                let w = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                w
+            } else {
+                backoff = Duration::from_millis(500);
+                self.cfg.resync
+            };
+            tokio::select! {
+                changed = plans.changed() => if changed.is_err() { break },
+                Some(()) = self.drift_rx.recv() => {
+                    // Let a burst of watch events settle (our own applies echo back too).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while self.drift_rx.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        for w in self.watchers.drain(..) {
+            w.abort();
+        }
+    }
+
+    fn count_error(&self, e: &Error) {
+        self.cfg
+            .metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                cluster: self.cfg.cluster.clone(),
+                kind: e.metric_label().into(),
+            })
+            .inc();
+    }
+
+    async fn connect(&mut self) -> Result<Client, Error> {
+        let cluster = self.cfg.cluster.clone();
+        let secrets: Api<Secret> =
+            Api::namespaced(self.cfg.hub.clone(), &self.cfg.secret_namespace);
+        let secret_name = format!("{cluster}-kubeconfig");
+        let secret = timed("hub", self.cfg.timeout, secrets.get_opt(&secret_name))
+            .await
+            .map_err(|e| Error::Kubeconfig {
+                cluster: cluster.clone(),
+                message: format!(
+                    "reading Secret {}/{secret_name}: {e}",
+                    self.cfg.secret_namespace
+                ),
+            })?;
+        let Some(secret) = secret else {
+            return Err(Error::Kubeconfig {
+                cluster,
+                message: format!(
+                    "Secret {}/{secret_name} not found (key `kubeconfig`)",
+                    self.cfg.secret_namespace
+                ),
+            });
+        };
+        let data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("kubeconfig"))
+            .map(|b| b.0.clone());
+        let data = match data {
+            Some(d) => d,
+            None => secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get("kubeconfig"))
+                .map(|s| s.clone().into_bytes())
+                .ok_or_else(|| Error::Kubeconfig {
+                    cluster: cluster.clone(),
+                    message: format!(
+                        "Secret {}/{secret_name} has no key `kubeconfig`",
+                        self.cfg.secret_namespace
+                    ),
+                })?,
+        };
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            h.finish()
+        };
+        if let Some((f, c)) = &self.client {
+            if *f == fingerprint {
+                return Ok(c.clone());
+            }
+        }
+        // Never log the kubeconfig itself: it holds credentials.
+        let text = String::from_utf8(data).map_err(|_| Error::Kubeconfig {
+            cluster: cluster.clone(),
+            message: "not UTF-8".into(),
+        })?;
+        let kc = Kubeconfig::from_yaml(&text).map_err(|e| Error::Kubeconfig {
+            cluster: cluster.clone(),
+            message: format!("invalid kubeconfig: {}", first_line(&e.to_string())),
+        })?;
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kubeconfig {
+                cluster: cluster.clone(),
+                message: first_line(&e.to_string()),
+            })?;
+        config.connect_timeout = Some(self.cfg.timeout);
+        config.read_timeout = Some(self.cfg.timeout);
+        config.write_timeout = Some(self.cfg.timeout);
+        let client = Client::try_from(config).map_err(|e| Error::Kubeconfig {
+            cluster: cluster.clone(),
+            message: first_line(&e.to_string()),
+        })?;
+        self.client = Some((fingerprint, client.clone()));
+        self.discovered.clear();
+        self.restart_watchers(&client, BTreeSet::new());
+        Ok(client)
+    }
+
+    /// Whether the cluster serves `kind` (cached per connection; refreshed when asked again after a miss).
+    async fn has_kind(&mut self, client: &Client, kind: &ResourceKind) -> Result<bool, Error> {
+        let av = kind.api_version();
+        if let Some(Some(set)) = self.discovered.get(&av) {
+            if set.contains(&kind.plural) {
+                return Ok(true);
+            }
+        }
+        let list = if kind.group.is_empty() {
+            timed(
+                &self.cfg.cluster,
+                self.cfg.timeout,
+                client.list_core_api_resources(&kind.version),
+            )
+            .await
+        } else {
+            timed(
+                &self.cfg.cluster,
+                self.cfg.timeout,
+                client.list_api_group_resources(&av),
+            )
+            .await
+        };
+        let set = match list {
+            Ok(l) => Some(
+                l.resources
+                    .into_iter()
+                    .map(|r| r.name)
+                    .collect::<BTreeSet<_>>(),
+            ),
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        let present = set.as_ref().is_some_and(|s| s.contains(&kind.plural));
+        self.discovered.insert(av, set);
+        Ok(present)
+    }
+
+    fn restart_watchers(&mut self, client: &Client, kinds: BTreeSet<ResourceKind>) {
+        for w in self.watchers.drain(..) {
+            w.abort();
+        }
+        self.watched = kinds.clone();
+        for k in kinds {
+            let api = api_for(client, &k, None);
+            let tx = self.drift_tx.clone();
+            let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+            self.watchers.push(tokio::spawn(async move {
+                let cfg = kube::runtime::watcher::Config::default().labels(&selector);
+                let mut stream = kube::runtime::watcher(api, cfg).boxed();
+                let mut initialised = false;
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(kube::runtime::watcher::Event::InitDone) => initialised = true,
+                        Ok(
+                            kube::runtime::watcher::Event::Apply(_)
+                            | kube::runtime::watcher::Event::Delete(_),
+                        ) if initialised => {
+                            let _ = tx.try_send(());
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            }));
+        }
+    }
+
+    async fn reconcile(&mut self, plan: &ClusterPlan) -> ClusterReport {
+        let mut report = ClusterReport {
+            cluster: self.cfg.cluster.clone(),
+            revision: plan.revision,
+            reachable: false,
+            error: None,
+            objects: vec![],
+            istio: None,
+            writes: 0,
+        };
+        let client = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.count_error(&e);
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        match self.apply_all(&client, plan, &mut report).await {
+            Ok(()) => report.reachable = true,
+            Err(e) => {
+                self.count_error(&e);
+                // A connection failure invalidates the cached client so the Secret is read again next time.
+                self.client = None;
+                report.error = Some(e.to_string());
+            }
+        }
+        if report.reachable {
+            report.istio = self.istio_health(&client).await.ok();
+        }
+        report
+    }
+
+    async fn apply_all(
+        &mut self,
+        client: &Client,
+        plan: &ClusterPlan,
+        report: &mut ClusterReport,
+    ) -> Result<(), Error> {
+        let cluster = self.cfg.cluster.clone();
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let wanted: BTreeSet<ObjectKey> = plan.objects.iter().map(DesiredObject::key).collect();
+        let mut present_kinds = BTreeSet::new();
+        for obj in &plan.objects {
+            let key = obj.key();
+            let outcome = match self.apply_one(client, obj, &pp, report).await {
+                Ok(()) => {
+                    present_kinds.insert(obj.kind.clone());
+                    Outcome::Synced
+                }
+                Err(e) if is_cluster_wide(&e) => return Err(e),
+                Err(e) => {
+                    self.count_error(&e);
+                    Outcome::Failed(e.to_string())
+                }
+            };
+            report.objects.push(ObjectReport { key, outcome });
+        }
+        // Prune: only objects carrying ksit's label AND managed by ksit-controller, never namespaces.
+        for kind in &plan.prune_kinds {
+            if kind.kind == "Namespace" || !self.has_kind(client, kind).await? {
+                continue;
+            }
+            present_kinds.insert(kind.clone());
+            let api = api_for(client, kind, None);
+            let lp =
+                ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+            let list = timed(&cluster, self.cfg.timeout, api.list(&lp)).await?;
+            for live in list.items {
+                let key = ObjectKey {
+                    kind: kind.clone(),
+                    namespace: live.metadata.namespace.clone().filter(|_| kind.namespaced),
+                    name: live.metadata.name.clone().unwrap_or_default(),
+                };
+                if wanted.contains(&key) || plan.retain.contains(&key) || !owned(&live) {
+                    continue;
+                }
+                let api = api_for(client, kind, key.namespace.as_deref());
+                match timed(
+                    &cluster,
+                    self.cfg.timeout,
+                    api.delete(&key.name, &DeleteParams::default()),
+                )
+                .await
+                {
+                    Ok(_) => {
+                        report.writes += 1;
+                        self.cfg
+                            .metrics
+                            .writes
+                            .get_or_create(&WriteLabels {
+                                cluster: cluster.clone(),
+                                verb: "delete".into(),
+                            })
+                            .inc();
+                        log::info!("{cluster}: pruned {key}");
+                    }
+                    Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {}
+                    Err(e) if is_cluster_wide(&e) => return Err(e),
+                    Err(e) => log::warn!("{cluster}: pruning {key}: {e}"),
+                }
+            }
+        }
+        present_kinds.remove(&ResourceKind::namespace_kind());
+        if present_kinds != self.watched {
+            self.restart_watchers(client, present_kinds);
+        }
+        Ok(())
+    }
+
+    async fn apply_one(
+        &mut self,
+        client: &Client,
+        obj: &DesiredObject,
+        pp: &PatchParams,
+        report: &mut ClusterReport,
+    ) -> Result<(), Error> {
+        let cluster = self.cfg.cluster.clone();
+        let key = obj.key();
+        if !self.has_kind(client, &obj.kind).await? {
+            return Err(Error::MissingKind {
+                object: key.to_string(),
+            });
+        }
+        let api = api_for(client, &obj.kind, obj.namespace.as_deref());
+        let live = timed(&cluster, self.cfg.timeout, api.get_opt(&obj.name)).await?;
+        if let Some(live) = &live {
+            if obj.create_only {
+                return Ok(()); // exists: createOnly objects (and namespaces) are never updated
+            }
+            if !owned(live) {
+                return Err(Error::NotOwned {
+                    object: key.to_string(),
+                    detail: managers(live),
+                });
+            }
+            let live_value = serde_json::to_value(live).unwrap_or_default();
+            if contains(&live_value, &obj.manifest) {
+                return Ok(()); // already as desired: no write
+            }
+        }
+        timed(
+            &cluster,
+            self.cfg.timeout,
+            api.patch(&obj.name, pp, &Patch::Apply(&obj.manifest)),
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Kube(kube::Error::Api(s)) => Error::Apply {
+                object: key.to_string(),
+                message: s.message,
+            },
+            other => other,
+        })?;
+        report.writes += 1;
+        self.cfg
+            .metrics
+            .writes
+            .get_or_create(&WriteLabels {
+                cluster: cluster.clone(),
+                verb: "apply".into(),
+            })
+            .inc();
+        log::info!("{cluster}: applied {key}");
+        Ok(())
+    }
+
+    async fn istio_health(&mut self, client: &Client) -> Result<IstioHealth, Error> {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "istio-system");
+        let cluster = self.cfg.cluster.clone();
+        let list = timed(
+            &cluster,
+            self.cfg.timeout,
+            deployments.list(&ListParams::default()),
+        )
+        .await?;
+        let available = |d: &Deployment| {
+            d.status.as_ref().is_some_and(|s| {
+                s.available_replicas.unwrap_or(0) > 0
+                    || s.conditions.as_ref().is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c.type_.as_deref() == Some("Available")
+                                && c.status.as_deref() == Some("True")
+                        })
+                    })
+            })
+        };
+        let istiod_available = list
+            .items
+            .iter()
+            .any(|d| d.metadata.name.as_deref() == Some("istiod") && available(d));
+        let ingress_gateway = list.items.iter().any(|d| {
+            d.metadata.name.as_deref() == Some("istio-ingressgateway")
+                || d.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("istio"))
+                    .map(String::as_str)
+                    == Some("ingressgateway")
+        });
+        Ok(IstioHealth {
+            istiod_available,
+            ingress_gateway,
+        })
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
