@@ -1,0 +1,570 @@
+//! The filter in a real Envoy, on every version of `envoy_versions()`: each test asserts what the engine
+//! predicts for the same headers (the same decision code runs natively here and as Wasm in Envoy).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ksit_policy::{Engine, Request};
+use ksit_tests::backend::{start_all, Backend};
+use ksit_tests::client::{abandon, Client};
+use ksit_tests::envoy::{
+    envoy_versions, prom_value, validate, Envoy, EnvoyConfig, FilterConfig, Upstream,
+};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const HOST: &str = "myapp.example.com";
+const DESTS: [&str; 4] = [
+    "api-service-v1",
+    "api-service-v2",
+    "web-service",
+    "passthrough",
+];
+
+struct Rig {
+    envoy: Envoy,
+    backends: Vec<Backend>,
+    client: Client,
+}
+
+impl Rig {
+    async fn start(version: &str, policy: &Value, env: &[(&str, &str)], concurrency: u32) -> Rig {
+        let backends = start_all(&DESTS).await.unwrap();
+        let upstreams = backends
+            .iter()
+            .map(|b| Upstream {
+                destination: b.name.clone(),
+                addr: b.addr,
+            })
+            .collect();
+        let mut cfg = EnvoyConfig::new(version, upstreams);
+        cfg.concurrency = concurrency;
+        cfg.default_destination = Some("passthrough".into());
+        let mut f = FilterConfig::new(policy).unwrap();
+        f.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cfg.filter = Some(f);
+        let envoy = Envoy::start(&cfg).await.unwrap();
+        let client = Client::new(&envoy.base_url());
+        Rig {
+            envoy,
+            backends,
+            client,
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> ksit_tests::client::Response {
+        let mut h = vec![("host", HOST)];
+        h.extend_from_slice(headers);
+        self.client.get(path, &h).await.unwrap()
+    }
+}
+
+fn seed() -> Value {
+    ksit_tests::seed_spec().unwrap()
+}
+
+fn seed_without_faults() -> Value {
+    let mut s = seed();
+    s["http"][0].as_object_mut().unwrap().remove("fault");
+    s
+}
+
+/// What the engine decides for these headers (path, authority and extra headers).
+fn predict(
+    policy: &Value,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Option<String>, bool, Option<u32>) {
+    let e = Engine::from_json(policy.to_string().as_bytes(), None).unwrap();
+    let mut pairs: Vec<(&[u8], &[u8])> = vec![
+        (b":path", path.as_bytes()),
+        (b":authority", HOST.as_bytes()),
+        (b":method", b"GET"),
+    ];
+    pairs.extend(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+    let d = e.decide(&Request::new(&pairs), 0);
+    (
+        d.destination.map(|d| d.key.clone()),
+        d.delay.is_some_and(|r| r.applied),
+        d.abort.filter(|r| r.applied).map(|r| match r.spec.status {
+            ksit_policy::AbortStatus::Http(s) => s,
+            ksit_policy::AbortStatus::Grpc(_) => 200,
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_api_and_web_and_passes_the_rest_unchanged() {
+    for v in envoy_versions() {
+        let rig = Rig::start(&v, &seed_without_faults(), &[], 1).await;
+        let r = rig.get("/web/index.html", &[]).await;
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, Some("web-service")),
+            "{v}: {r:?}"
+        );
+        let r = rig.get("/api/health", &[("x-request-id", "a")]).await;
+        assert!(
+            r.backend().unwrap().starts_with("api-service-v"),
+            "{v}: {r:?}"
+        );
+        // No rule matches: no destination is set and a client's own header is removed.
+        let r = rig
+            .get("/other", &[("x-ksit-destination", "api-service-v2")])
+            .await;
+        assert_eq!(r.backend(), Some("passthrough"), "{v}");
+        let echoed: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(
+            echoed["headers"].get("x-ksit-destination").is_none(),
+            "{v}: spoofed header reached the backend"
+        );
+        // Another host: passes unchanged too.
+        let r = rig
+            .client
+            .get(
+                "/api",
+                &[
+                    ("host", "other.example.com"),
+                    ("x-ksit-destination", "api-service-v2"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.backend(), Some("passthrough"), "{v}");
+        // A matched request's spoofed header is replaced by the filter's own choice.
+        let (dest, _, _) = predict(
+            &seed_without_faults(),
+            "/api/x",
+            &[("x-request-id", "spoof-1")],
+        );
+        let r = rig
+            .get(
+                "/api/x",
+                &[
+                    ("x-request-id", "spoof-1"),
+                    ("x-ksit-destination", "web-service"),
+                ],
+            )
+            .await;
+        assert_eq!(r.backend(), dest.as_deref(), "{v}");
+        let prom = rig.envoy.prometheus().await.unwrap();
+        assert!(
+            prom_value(&prom, "ksit_spoofed_destination_total", &[]).unwrap() >= 3.0,
+            "{v}: {prom}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_is_90_10_and_matches_the_engine() {
+    for v in envoy_versions() {
+        let policy = seed_without_faults();
+        let rig = Rig::start(&v, &policy, &[], 2).await;
+        let n = 2000;
+        let mut canary = 0;
+        for i in 0..n {
+            let id = format!("split-{i}");
+            let r = rig.get("/api/items", &[("x-request-id", &id)]).await;
+            let (want, _, _) = predict(&policy, "/api/items", &[("x-request-id", &id)]);
+            assert_eq!(
+                r.backend(),
+                want.as_deref(),
+                "{v}: request {id} went elsewhere than the engine decided"
+            );
+            canary += (r.backend() == Some("api-service-v2")) as u32;
+        }
+        let pct = f64::from(canary) * 100.0 / f64::from(n);
+        assert!(
+            (7.5..=12.5).contains(&pct),
+            "{v}: canary share {pct}% not within 10 ± 2.5"
+        );
+        let prom = rig.envoy.prometheus().await.unwrap();
+        let v2 = prom_value(
+            &prom,
+            "ksit_requests_total",
+            &[("ksit_rule", "api"), ("ksit_destination", "api-service-v2")],
+        )
+        .unwrap();
+        assert_eq!(
+            v2 as u32, canary,
+            "{v}: metric disagrees with what the backends saw"
+        );
+        assert_eq!(rig.backends[1].count() as u32, canary);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_keep_their_destination_across_workers() {
+    for v in envoy_versions() {
+        let mut policy = seed_without_faults();
+        policy["http"][0]["route"][0]["weight"] = json!(50);
+        policy["http"][0]["route"][1]["weight"] = json!(50);
+        let rig = Rig::start(&v, &policy, &[], 2).await;
+        let mut seen = std::collections::BTreeSet::new();
+        for user in ["alice", "bob", "carol", "dave"] {
+            let mut got = std::collections::BTreeSet::new();
+            // Concurrent requests spread over both workers; fresh connections each round.
+            for round in 0..50 {
+                let mut tasks = Vec::new();
+                for k in 0..4 {
+                    let c = Client::new(&rig.envoy.base_url());
+                    let id = format!("{user}-{round}-{k}");
+                    tasks.push(tokio::spawn(async move {
+                        c.get(
+                            "/api/x",
+                            &[("host", HOST), ("x-user-id", user), ("x-request-id", &id)],
+                        )
+                        .await
+                        .unwrap()
+                    }));
+                }
+                for t in tasks {
+                    got.insert(t.await.unwrap().backend().unwrap().to_string());
+                }
+            }
+            assert_eq!(
+                got.len(),
+                1,
+                "{v}: user {user} saw {got:?} over 200 requests"
+            );
+            let (want, _, _) = predict(&policy, "/api/x", &[("x-user-id", user)]);
+            assert_eq!(got.iter().next().cloned(), want, "{v}: user {user}");
+            seen.extend(got);
+        }
+        assert_eq!(
+            seen.len(),
+            2,
+            "{v}: four users at 50/50 all landed on one side: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_header_forces_a_destination() {
+    for v in envoy_versions() {
+        let rig = Rig::start(&v, &seed_without_faults(), &[], 1).await;
+        for i in 0..30 {
+            let r = rig
+                .get(
+                    "/api/x",
+                    &[
+                        ("x-ksit-canary", "api-service-v2"),
+                        ("x-request-id", &i.to_string()),
+                    ],
+                )
+                .await;
+            assert_eq!(r.backend(), Some("api-service-v2"), "{v}");
+        }
+        // A value that is not a destination of the rule is ignored.
+        let (want, _, _) = predict(&seed_without_faults(), "/api/x", &[("x-request-id", "o1")]);
+        let r = rig
+            .get(
+                "/api/x",
+                &[("x-ksit-canary", "web-service"), ("x-request-id", "o1")],
+            )
+            .await;
+        assert_eq!(r.backend(), want.as_deref(), "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_applies_to_the_rolled_requests_only() {
+    for v in envoy_versions() {
+        let mut policy = seed_without_faults();
+        policy["http"][0]["fault"] =
+            json!({"delay": {"fixedDelay": "400ms", "percentage": {"value": 30}}});
+        let rig = Rig::start(&v, &policy, &[], 1).await;
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let c = rig.client.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("delay-{i}");
+                let r = c
+                    .get("/api/x", &[("host", HOST), ("x-request-id", &id)])
+                    .await
+                    .unwrap();
+                (id, r)
+            }));
+        }
+        let mut delayed = 0;
+        for t in tasks {
+            let (id, r) = t.await.unwrap();
+            let (_, want_delay, _) = predict(&policy, "/api/x", &[("x-request-id", &id)]);
+            assert_eq!(r.status, 200, "{v}");
+            if want_delay {
+                delayed += 1;
+                assert!(
+                    r.elapsed >= Duration::from_millis(400),
+                    "{v}: {id} should wait 400ms, took {:?}",
+                    r.elapsed
+                );
+            } else {
+                assert!(
+                    r.elapsed < Duration::from_millis(300),
+                    "{v}: {id} was not rolled but took {:?}",
+                    r.elapsed
+                );
+            }
+        }
+        assert!(
+            delayed > 5 && delayed < 40,
+            "{v}: {delayed} of 60 delayed at 30%"
+        );
+        let prom = rig.envoy.prometheus().await.unwrap();
+        assert_eq!(
+            prom_value(&prom, "ksit_delays_total", &[("ksit_rule", "api")]),
+            Some(f64::from(delayed)),
+            "{v}"
+        );
+        assert_eq!(
+            prom_value(&prom, "ksit_active_delays", &[]),
+            Some(0.0),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_answers_the_status_at_the_configured_rate() {
+    for v in envoy_versions() {
+        let mut policy = seed_without_faults();
+        policy["http"][0]["fault"] =
+            json!({"abort": {"httpStatus": 503, "percentage": {"value": 20}}});
+        let rig = Rig::start(&v, &policy, &[], 2).await;
+        let n = 1000;
+        let mut aborted = 0;
+        for i in 0..n {
+            let id = format!("abort-{i}");
+            let r = rig.get("/api/x", &[("x-request-id", &id)]).await;
+            let (_, _, want) = predict(&policy, "/api/x", &[("x-request-id", &id)]);
+            match want {
+                Some(s) => {
+                    aborted += 1;
+                    assert_eq!(
+                        (r.status, r.backend(), r.header("x-ksit-fault")),
+                        (s as u16, None, Some("abort")),
+                        "{v}: {id}"
+                    );
+                }
+                None => assert_eq!(r.status, 200, "{v}: {id}"),
+            }
+        }
+        let pct = f64::from(aborted) * 100.0 / f64::from(n);
+        assert!((16.0..=24.0).contains(&pct), "{v}: abort rate {pct}%");
+        let prom = rig.envoy.prometheus().await.unwrap();
+        assert_eq!(
+            prom_value(&prom, "ksit_aborts_total", &[("ksit_rule", "api")]),
+            Some(f64::from(aborted)),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_cluster_override_follows_the_cluster_name() {
+    for v in envoy_versions() {
+        let mut policy = seed_without_faults();
+        policy["overrides"] = json!([{"clusters": ["cluster1"], "http": [{"name": "api",
+            "route": [{"destination": {"host": "api-service-v2"}, "weight": 100}]}]}]);
+        // The cluster named in the pluginConfig...
+        let mut c1 = policy.clone();
+        c1["cluster"] = json!("cluster1");
+        let rig = Rig::start(&v, &c1, &[], 1).await;
+        for i in 0..40 {
+            assert_eq!(
+                rig.get("/api/x", &[("x-request-id", &i.to_string())])
+                    .await
+                    .backend(),
+                Some("api-service-v2"),
+                "{v}"
+            );
+        }
+        drop(rig);
+        // ...or, when the config names none, from the VM environment.
+        let rig = Rig::start(&v, &policy, &[("KSIT_CLUSTER", "cluster1")], 1).await;
+        assert_eq!(
+            rig.get("/api/x", &[("x-request-id", "e1")]).await.backend(),
+            Some("api-service-v2"),
+            "{v}"
+        );
+        drop(rig);
+        // Elsewhere the base split applies.
+        let rig = Rig::start(&v, &policy, &[("KSIT_CLUSTER", "cluster2")], 1).await;
+        let v1 = {
+            let mut n = 0;
+            for i in 0..100 {
+                n += (rig
+                    .get("/api/x", &[("x-request-id", &format!("c2-{i}"))])
+                    .await
+                    .backend()
+                    == Some("api-service-v1")) as u32;
+            }
+            n
+        };
+        assert!(v1 > 75, "{v}: cluster2 sent only {v1}/100 to stable");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_active_faults_caps_paused_requests() {
+    for v in envoy_versions() {
+        let mut policy = seed_without_faults();
+        policy["maxActiveFaults"] = json!(2);
+        policy["http"][0]["fault"] =
+            json!({"delay": {"fixedDelay": "1500ms", "percentage": {"value": 100}}});
+        let rig = Rig::start(&v, &policy, &[], 1).await;
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let c = Client::new(&rig.envoy.base_url());
+            tasks.push(tokio::spawn(async move {
+                c.get(
+                    "/api/x",
+                    &[("host", HOST), ("x-request-id", &format!("m{i}"))],
+                )
+                .await
+                .unwrap()
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut slow = 0;
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200);
+            slow += (r.elapsed >= Duration::from_millis(1500)) as u32;
+        }
+        assert_eq!(slow, 2, "{v}: exactly maxActiveFaults requests may be held");
+        let prom = rig.envoy.prometheus().await.unwrap();
+        assert_eq!(
+            prom_value(&prom, "ksit_faults_skipped_total", &[("ksit_rule", "api")]),
+            Some(4.0),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_during_a_delay_leaves_nothing_paused() {
+    for v in envoy_versions() {
+        let mut policy = seed_without_faults();
+        policy["maxActiveFaults"] = json!(3);
+        policy["http"][0]["fault"] =
+            json!({"delay": {"fixedDelay": "30s", "percentage": {"value": 100}}});
+        let rig = Rig::start(&v, &policy, &[], 1).await;
+        for i in 0..3 {
+            abandon(
+                rig.envoy.listener,
+                "/api/x",
+                &[("host", HOST), ("x-request-id", &format!("gone-{i}"))],
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap();
+        }
+        // Gauge back to 0 long before the 30s delay would end.
+        let mut active = None;
+        for _ in 0..50 {
+            let prom = rig.envoy.prometheus().await.unwrap();
+            active = prom_value(&prom, "ksit_active_delays", &[]);
+            if active == Some(0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(active, Some(0.0), "{v}: paused requests were not freed");
+        // And their places are free again: a new request is held (not skipped).
+        let c = rig.client.clone().with_timeout(Duration::from_millis(700));
+        let r = c
+            .get("/api/x", &[("host", HOST), ("x-request-id", "after")])
+            .await;
+        assert!(
+            r.is_err(),
+            "{v}: the request should be held by the delay, got {r:?}"
+        );
+        let prom = rig.envoy.prometheus().await.unwrap();
+        assert_eq!(
+            prom_value(&prom, "ksit_faults_skipped_total", &[("ksit_rule", "api")]),
+            Some(0.0),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exported() {
+    for v in envoy_versions() {
+        let rig = Rig::start(&v, &seed_without_faults(), &[], 1).await;
+        rig.get("/web", &[]).await;
+        rig.get("/nope", &[]).await;
+        let prom = rig.envoy.prometheus().await.unwrap();
+        assert_eq!(
+            prom_value(
+                &prom,
+                "ksit_requests_total",
+                &[("ksit_rule", "web"), ("ksit_destination", "web-service")]
+            ),
+            Some(1.0),
+            "{v}"
+        );
+        assert_eq!(
+            prom_value(&prom, "ksit_unmatched_total", &[]),
+            Some(1.0),
+            "{v}"
+        );
+        for m in [
+            "ksit_delays_total",
+            "ksit_aborts_total",
+            "ksit_faults_skipped_total",
+            "ksit_active_delays",
+            "ksit_config_errors_total",
+        ] {
+            assert!(
+                prom_value(&prom, m, &[]).is_some(),
+                "{v}: {m} missing from /stats/prometheus"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_is_rejected_with_the_field_path() {
+    for v in envoy_versions() {
+        let b = start_all(&["api-service-v1"]).await.unwrap();
+        let ups = vec![Upstream {
+            destination: "api-service-v1".into(),
+            addr: b[0].addr,
+        }];
+        let mut bad = seed();
+        bad["http"][0]["route"][1]["weight"] = json!(-10);
+        bad["http"][1]["match"][0]["uri"] = json!({"regex": "(broken"});
+        let mut cfg = EnvoyConfig::new(&v, ups.clone());
+        cfg.filter = Some(FilterConfig::new(&bad).unwrap());
+        let out = validate(&v, &cfg.bootstrap(0, 0)).unwrap();
+        assert!(!out.ok, "{v}: envoy accepted a bad pluginConfig");
+        assert!(
+            out.log
+                .contains("spec.http[0].route[1].weight: must be >= 0"),
+            "{v}: {}",
+            out.log
+        );
+        assert!(
+            out.log
+                .contains("spec.http[1].match[0].uri.regex: invalid regex"),
+            "{v}: {}",
+            out.log
+        );
+        // The harness's own configs are valid, with and without the filter.
+        cfg.filter = Some(FilterConfig::new(&seed()).unwrap());
+        let ok = validate(&v, &cfg.bootstrap(0, 0)).unwrap();
+        assert!(ok.ok, "{v}: {}", ok.log);
+        cfg.filter = None;
+        assert!(validate(&v, &cfg.bootstrap(0, 0)).unwrap().ok);
+        // And starting Envoy with it fails rather than serving without the policy.
+        let mut cfg = EnvoyConfig::new(&v, ups);
+        cfg.filter = Some(FilterConfig::new(&bad).unwrap());
+        assert!(
+            Envoy::start(&cfg).await.is_err(),
+            "{v}: envoy started with a bad pluginConfig"
+        );
+    }
+}
