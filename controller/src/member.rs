@@ -446,7 +446,10 @@ impl Worker {
     ) -> Result<(), Error> {
         let cluster = self.cfg.cluster.clone();
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let wanted: BTreeSet<ObjectKey> = plan.objects.iter().map(DesiredObject::key).collect();
+        // Compared without the API version: one object is the same whichever version it is read at.
+        let id = |k: &ObjectKey| (k.kind.group.clone(), k.kind.plural.clone(), k.namespace.clone(), k.name.clone());
+        let wanted: BTreeSet<_> = plan.objects.iter().map(|o| id(&o.key())).collect();
+        let retained: BTreeSet<_> = plan.retain.iter().map(id).collect();
         let mut present_kinds = BTreeSet::new();
         for obj in &plan.objects {
             let key = obj.key();
@@ -479,7 +482,7 @@ impl Worker {
                     namespace: live.metadata.namespace.clone().filter(|_| kind.namespaced),
                     name: live.metadata.name.clone().unwrap_or_default(),
                 };
-                if wanted.contains(&key) || plan.retain.contains(&key) || !owned(&live) {
+                if wanted.contains(&id(&key)) || retained.contains(&id(&key)) || !owned(&live) {
                     continue;
                 }
                 let api = api_for(client, kind, key.namespace.as_deref());

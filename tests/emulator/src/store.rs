@@ -844,7 +844,9 @@ impl Store {
                 check(st, status_schema, ".status", &mut errors, &mut warnings);
             }
         }
-        if let Some(Value::Array(req)) = schema.get("required") {
+        // A status-only write (an apply to /status) need not repeat the spec.
+        let status_only = obj.get("spec").is_none() && obj.get("status").is_some();
+        if let Some(Value::Array(req)) = schema.get("required").filter(|_| !status_only) {
             for r in req.iter().filter_map(Value::as_str) {
                 if obj.get(r).is_none() {
                     errors.push(format!(".{r}: Required value"));
