@@ -32,7 +32,7 @@ build: wasm
 lint: rust-targets
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p ksit-policy -p ksit-filter --target wasm32-wasip1 --all-targets -- -D warnings
+	$(CARGO) clippy -p ksit-policy -p ksit-filter --target wasm32-wasip1 -- -D warnings
 
 test: setup wasm lint
 	$(CARGO) test --workspace
@@ -44,6 +44,7 @@ demo: rust-targets wasm
 
 generate:
 	KSIT_REGENERATE=1 $(CARGO) test -q -p ksit-policy --test validation schema_is_generated_and_checked_in
+	KSIT_REGENERATE=1 $(CARGO) test -q -p ksit-controller --test crds checked_in_crds_match_the_rust_types
 
 clean:
 	$(CARGO) clean

@@ -619,7 +619,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                     Some(ns) => format!("{} {ns}/{}", o.kind.kind, o.name()),
                     None => format!("{} {}", o.kind.kind, o.name()),
                 };
-                mark(&mut manifest, &[bname.clone()], &source);
+                mark(&mut manifest, std::slice::from_ref(&bname), &source);
                 let obj = DesiredObject {
                     kind: o.kind.clone(),
                     namespace: o
@@ -700,13 +700,13 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 add(
                     &mut per,
                     &c.name,
-                    render_wasm_plugin(tp, &c.name, settings, &[bname.clone()]),
+                    render_wasm_plugin(tp, &c.name, settings, std::slice::from_ref(&bname)),
                     &bname,
                 );
                 add(
                     &mut per,
                     &c.name,
-                    render_virtual_service(tp, &c.name, &[bname.clone()]),
+                    render_virtual_service(tp, &c.name, std::slice::from_ref(&bname)),
                     &bname,
                 );
             }
@@ -746,7 +746,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 manifest,
             });
         }
-        let mut rest: Vec<DesiredObject> = objs
+        let rest: Vec<DesiredObject> = objs
             .into_values()
             .map(|mut o| {
                 if let Some(a) = o
@@ -762,9 +762,8 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 o
             })
             .collect();
-        rest.sort_by(|a, b| (a.kind.rank(), a.key()).cmp(&(b.kind.rank(), b.key())));
         list.extend(rest);
-        list.sort_by(|a, b| (a.kind.rank(), a.key()).cmp(&(b.kind.rank(), b.key())));
+        list.sort_by_key(|o| (o.kind.rank(), o.key()));
         out.clusters
             .insert(cluster, ClusterDesired { objects: list });
     }

@@ -29,15 +29,50 @@ pub struct HubState {
 
 /// Istio kinds always searched for stale ksit-managed objects (those a cluster does not serve are skipped).
 pub const ISTIO_KINDS: [(&str, &str, &str, &str); 10] = [
-    ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
-    ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+    (
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+    ),
+    (
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+        "destinationrules",
+    ),
     ("networking.istio.io", "v1", "Gateway", "gateways"),
-    ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
+    (
+        "networking.istio.io",
+        "v1",
+        "ServiceEntry",
+        "serviceentries",
+    ),
     ("networking.istio.io", "v1", "Sidecar", "sidecars"),
-    ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
-    ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
-    ("security.istio.io", "v1", "RequestAuthentication", "requestauthentications"),
-    ("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
+    (
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
+    (
+        "extensions.istio.io",
+        "v1alpha1",
+        "WasmPlugin",
+        "wasmplugins",
+    ),
     ("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
 ];
 
@@ -182,7 +217,9 @@ impl HubReader {
         // Where stale objects may be: what ksit renders, the Istio kinds it knows (so objects of a deleted
         // binding are still found after a restart), and below every kind a binding names.
         for (group, version, kind, plural) in ISTIO_KINDS {
-            state.prune_kinds.insert(ResourceKind::new(group, version, kind, plural, true));
+            state
+                .prune_kinds
+                .insert(ResourceKind::new(group, version, kind, plural, true));
         }
 
         // The kinds the bindings name, resolved through discovery, then their objects.

@@ -447,7 +447,14 @@ impl Worker {
         let cluster = self.cfg.cluster.clone();
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         // Compared without the API version: one object is the same whichever version it is read at.
-        let id = |k: &ObjectKey| (k.kind.group.clone(), k.kind.plural.clone(), k.namespace.clone(), k.name.clone());
+        let id = |k: &ObjectKey| {
+            (
+                k.kind.group.clone(),
+                k.kind.plural.clone(),
+                k.namespace.clone(),
+                k.name.clone(),
+            )
+        };
         let wanted: BTreeSet<_> = plan.objects.iter().map(|o| id(&o.key())).collect();
         let retained: BTreeSet<_> = plan.retain.iter().map(id).collect();
         let mut present_kinds = BTreeSet::new();

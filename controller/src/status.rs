@@ -83,7 +83,7 @@ pub fn binding_status(v: &View<'_>, b: &BindingPolicy) -> BindingPolicyStatus {
     let mut all_synced = true;
     let mut all_reachable = true;
     for c in &bound {
-        let (desired, synced, errors) = v.outcome(c, |o| o.bindings.iter().any(|x| *x == name));
+        let (desired, synced, errors) = v.outcome(c, |o| o.bindings.contains(&name));
         let reported = v.current(c).is_some();
         all_synced &= reported && synced == desired && errors.is_empty();
         all_reachable &= v.reports.get(c).is_some_and(|r| r.reachable);

@@ -695,7 +695,7 @@ async fn handle(
     {
         let s = inner.store();
         match s.kind(&t.group, &t.plural) {
-            Ok(k) if k.versions.iter().any(|v| *v == t.version) => {}
+            Ok(k) if k.versions.contains(&t.version) => {}
             Ok(_) | Err(_) => {
                 return Ok(error(&ApiError::new(
                     404,

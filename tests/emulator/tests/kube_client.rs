@@ -1,6 +1,11 @@
 //! The emulator driven by the real kube-rs client: what the controller relies on must behave as a real
 //! API server would.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::collapsible_match
+)]
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
