@@ -344,18 +344,32 @@ pub fn plugin_config(spec: &TrafficPolicySpec, cluster: &str) -> Value {
     v
 }
 
+/// A TrafficPolicy's namespace (default `default`) and name.
+fn policy_id(tp: &TrafficPolicy) -> (String, String) {
+    let ns = tp
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    (ns, tp.metadata.name.clone().unwrap_or_default())
+}
+
+/// An HTTPMatchRequest as the VirtualService carries it (ksit's match names are not Istio route fields).
+fn match_json(m: &ksit_policy::spec::HttpMatchRequest) -> Value {
+    let mut mv = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+    if let Some(o) = mv.as_object_mut() {
+        o.remove("name");
+    }
+    mv
+}
+
 fn render_wasm_plugin(
     tp: &TrafficPolicy,
     cluster: &str,
     settings: &RenderSettings,
     bindings: &[String],
 ) -> DesiredObject {
-    let ns = tp
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = tp.metadata.name.clone().unwrap_or_default();
+    let (ns, name) = policy_id(tp);
     let spec = &tp.spec.0;
     let plugin_ns = wasm_plugin_namespace(&ns, spec, &settings.gateway_namespace);
     let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
@@ -425,12 +439,7 @@ pub fn render_virtual_service(
     cluster: &str,
     bindings: &[String],
 ) -> DesiredObject {
-    let ns = tp
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = tp.metadata.name.clone().unwrap_or_default();
+    let (ns, name) = policy_id(tp);
     let spec = tp.spec.0.resolve(Some(cluster));
     let header = |key: &str| json!({DESTINATION_HEADER: {"exact": key}});
     let mut routes = Vec::new();
@@ -461,9 +470,8 @@ pub fn render_virtual_service(
                 rule.matches
                     .iter()
                     .map(|m| {
-                        let mut mv = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
+                        let mut mv = match_json(m);
                         if let Some(o) = mv.as_object_mut() {
-                            o.remove("name");
                             let h = o.entry("headers").or_insert_with(|| json!({}));
                             if let Some(h) = h.as_object_mut() {
                                 h.insert(DESTINATION_HEADER.into(), json!({"exact": key}));
@@ -508,17 +516,7 @@ pub fn render_virtual_service(
         let mut route = Map::new();
         route.insert("name".into(), json!(format!("{rule_name}-default")));
         if !rule.matches.is_empty() {
-            let matches: Vec<Value> = rule
-                .matches
-                .iter()
-                .map(|m| {
-                    let mut mv = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
-                    if let Some(o) = mv.as_object_mut() {
-                        o.remove("name");
-                    }
-                    mv
-                })
-                .collect();
+            let matches: Vec<Value> = rule.matches.iter().map(match_json).collect();
             route.insert("match".into(), Value::Array(matches));
         }
         route.insert(
