@@ -800,3 +800,184 @@ pub fn to_yaml(objects: &[DesiredObject]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::DownsyncClause;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn kubestellar_clause_semantics() {
+        let none: BTreeMap<String, String> = BTreeMap::new();
+        let nsl: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let all = DownsyncClause::default();
+        assert!(
+            clause_matches(
+                &all,
+                "networking.istio.io",
+                "gateways",
+                Some("x"),
+                &["g"],
+                &none,
+                &nsl
+            ),
+            "empty lists match all"
+        );
+        let c = DownsyncClause {
+            api_group: Some("networking.istio.io".into()),
+            resources: vec!["virtualservices".into()],
+            namespaces: vec!["default".into()],
+            ..Default::default()
+        };
+        assert!(clause_matches(
+            &c,
+            "networking.istio.io",
+            "virtualservices",
+            Some("default"),
+            &["a"],
+            &none,
+            &nsl
+        ));
+        assert!(!clause_matches(
+            &c,
+            "networking.istio.io",
+            "virtualservices",
+            Some("other"),
+            &["a"],
+            &none,
+            &nsl
+        ));
+        assert!(!clause_matches(
+            &c,
+            "networking.istio.io",
+            "destinationrules",
+            Some("default"),
+            &["a"],
+            &none,
+            &nsl
+        ));
+        assert!(!clause_matches(
+            &c,
+            "security.istio.io",
+            "virtualservices",
+            Some("default"),
+            &["a"],
+            &none,
+            &nsl
+        ));
+        assert!(
+            !clause_matches(
+                &c,
+                "networking.istio.io",
+                "virtualservices",
+                None,
+                &["a"],
+                &none,
+                &nsl
+            ),
+            "cluster-scoped needs \"*\""
+        );
+        let star = DownsyncClause {
+            namespaces: vec!["*".into()],
+            object_names: vec!["b".into()],
+            ..Default::default()
+        };
+        assert!(clause_matches(
+            &star,
+            "",
+            "namespaces",
+            None,
+            &["b"],
+            &none,
+            &nsl
+        ));
+        assert!(!clause_matches(
+            &star,
+            "",
+            "namespaces",
+            None,
+            &["c"],
+            &none,
+            &nsl
+        ));
+        let sel = DownsyncClause {
+            object_selectors: vec![crate::resources::LabelSelector {
+                match_labels: labels(&[("app", "x")]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(clause_matches(
+            &sel,
+            "g",
+            "r",
+            Some("n"),
+            &["o"],
+            &labels(&[("app", "x"), ("z", "1")]),
+            &nsl
+        ));
+        assert!(!clause_matches(
+            &sel,
+            "g",
+            "r",
+            Some("n"),
+            &["o"],
+            &labels(&[("app", "y")]),
+            &nsl
+        ));
+    }
+
+    #[test]
+    fn wasm_plugin_goes_where_the_workloads_run() {
+        let mut spec: TrafficPolicySpec = serde_json::from_value(
+            json!({"hosts": ["h"], "selector": {"matchLabels": {"istio": "ingressgateway"}}}),
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            wasm_plugin_namespace("default", &spec, "istio-system"),
+            "istio-system"
+        );
+        assert_eq!(
+            wasm_plugin_name("default", "myapp", "istio-system"),
+            "ksit-default-myapp"
+        );
+        spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "reviews"}})).ok();
+        assert_eq!(
+            wasm_plugin_namespace("default", &spec, "istio-system"),
+            "default"
+        );
+        assert_eq!(
+            wasm_plugin_name("default", "myapp", "default"),
+            "ksit-myapp"
+        );
+        spec.selector = None;
+        spec.target_refs =
+            serde_json::from_value(json!([{"kind": "Gateway", "name": "gw", "namespace": "edge"}]))
+                .unwrap_or_default();
+        assert_eq!(
+            wasm_plugin_namespace("default", &spec, "istio-system"),
+            "edge"
+        );
+    }
+
+    #[test]
+    fn plugin_config_resolves_overrides_for_the_cluster() {
+        let spec: TrafficPolicySpec = serde_json::from_value(json!({"hosts": ["h"], "http": [{"name": "a", "route": [{"destination": {"host": "x"}}]}],
+            "overrides": [{"clusters": ["c1"], "http": [{"name": "a", "route": [{"destination": {"host": "y"}}]}]}]})).unwrap_or_default();
+        let c1 = plugin_config(&spec, "c1");
+        assert_eq!(c1["cluster"], "c1");
+        assert_eq!(c1["http"][0]["route"][0]["destination"]["host"], "y");
+        assert!(c1.get("overrides").is_none());
+        assert_eq!(
+            plugin_config(&spec, "c2")["http"][0]["route"][0]["destination"]["host"],
+            "x"
+        );
+    }
+}
