@@ -980,4 +980,75 @@ mod tests {
             "x"
         );
     }
+
+    fn hub(clause_namespaces: &[&str]) -> Hub {
+        let bp: BindingPolicy = serde_json::from_value(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy",
+            "metadata": {"name": "b"}, "spec": {"clusterSelectors": [{"matchLabels": {"mesh": "enabled"}}],
+            "downsync": [{"apiGroup": "extensions.istio.io", "resources": ["wasmplugins"], "namespaces": clause_namespaces}]}}))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let tp: TrafficPolicy = serde_json::from_value(json!({"apiVersion": "ksit.io/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": {"name": "app", "namespace": "default", "generation": 3},
+            "spec": {"hosts": ["h"], "selector": {"matchLabels": {"istio": "ingressgateway"}}, "http": [{"route": [{"destination": {"host": "x"}}]}]}}))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        Hub {
+            clusters: vec![
+                Cluster {
+                    name: "c1".into(),
+                    labels: labels(&[("mesh", "enabled")]),
+                },
+                Cluster {
+                    name: "c2".into(),
+                    labels: BTreeMap::new(),
+                },
+            ],
+            bindings: vec![bp],
+            traffic_policies: vec![tp],
+            ..Default::default()
+        }
+    }
+
+    fn settings() -> RenderSettings {
+        RenderSettings {
+            module: ModuleSource::Oci {
+                image: "oci://r/ksit:1".into(),
+            },
+            gateway_namespace: "istio-system".into(),
+        }
+    }
+
+    #[test]
+    fn a_wasm_plugin_namespace_the_binding_does_not_cover_is_reported() {
+        let d = compute(&hub(&["default"]), &settings());
+        assert!(d.clusters["c1"].objects.is_empty());
+        assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
+        assert!(
+            d.notes[0]
+                .message
+                .contains("must live in namespace istio-system"),
+            "{:?}",
+            d.notes
+        );
+        assert_eq!(d.notes[0].object, "TrafficPolicy default/app");
+        // Covering it renders the plugin there (and the VirtualService beside the policy), only in c1.
+        let d = compute(&hub(&["default", "istio-system"]), &settings());
+        let keys: Vec<String> = d.clusters["c1"]
+            .objects
+            .iter()
+            .map(|o| o.key().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "Namespace default",
+                "Namespace istio-system",
+                "WasmPlugin istio-system/ksit-default-app",
+                "VirtualService default/ksit-app"
+            ]
+        );
+        assert!(d.clusters["c2"].objects.is_empty());
+        assert!(d.notes.is_empty());
+        let wp = &d.clusters["c1"].objects[2];
+        assert_eq!(wp.manifest["spec"]["url"], "oci://r/ksit:1");
+        assert_eq!(wp.traffic_policy, Some(("default/app".to_string(), 3)));
+    }
 }

@@ -73,3 +73,49 @@ pub async fn serve(addr: SocketAddr, state: Arc<ServerState>) -> anyhow::Result<
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn get(state: &ServerState, path: &str) -> (u16, String) {
+        let r = handle(state, path);
+        let status = r.status().as_u16();
+        let body = r
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn endpoints() {
+        let module = Module {
+            bytes: b"\0asm-test".to_vec(),
+            sha256: "ab12".into(),
+        };
+        let state = ServerState {
+            metrics: Arc::new(Metrics::default()),
+            module: Some(module),
+            ready: AtomicBool::new(false),
+        };
+        assert_eq!(get(&state, "/healthz").await.0, 200);
+        assert_eq!(get(&state, "/readyz").await.0, 503);
+        state.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&state, "/readyz").await.0, 200);
+        state.metrics.clusters_ready.set(2);
+        let (s, body) = get(&state, "/metrics").await;
+        assert_eq!(s, 200);
+        assert!(body.contains("ksit_controller_clusters_ready 2"), "{body}");
+        assert_eq!(
+            get(&state, "/modules/ab12.wasm").await,
+            (200, "\0asm-test".to_string())
+        );
+        // Only the module's own hash is served.
+        assert_eq!(get(&state, "/modules/ffff.wasm").await.0, 404);
+        assert_eq!(get(&state, "/modules/../../etc/passwd").await.0, 404);
+    }
+}
