@@ -130,6 +130,8 @@ pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
             metrics.clone(),
             state.clone(),
         ));
+        // If this future is dropped (the process shutting down, or a test stopping it), the work stops too.
+        let _stop_work = AbortOnDrop::handle(work.abort_handle());
         // Renew until renewal fails; then stop every write at once.
         loop {
             tokio::time::sleep(lease_for / 3).await;
@@ -158,6 +160,13 @@ struct ClusterWorker {
     plans: watch::Sender<Arc<ClusterPlan>>,
     task: JoinHandle<()>,
     secret_namespace: String,
+}
+
+impl Drop for ClusterWorker {
+    /// A worker never outlives its leader: when leadership ends, its writes end with it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Spawns a watch on `api` that pokes `tx` on every change.
@@ -206,8 +215,9 @@ async fn lead(
             poke_tx.clone(),
         ));
     }
-    let _guard = AbortOnDrop(fixed);
+    let _guard = AbortOnDrop::tasks(fixed);
     let mut dynamic: BTreeMap<desired::ResourceKind, JoinHandle<()>> = BTreeMap::new();
+    let mut dynamic_guard = AbortOnDrop(Vec::new());
     let mut reader = HubReader::new(
         client.clone(),
         args.target_namespaces.clone(),
@@ -262,6 +272,7 @@ async fn lead(
                             })
                         });
                     }
+                    dynamic_guard.0 = dynamic.values().map(JoinHandle::abort_handle).collect();
                     revision += 1;
                     update_workers(
                         &args,
@@ -395,7 +406,17 @@ fn update_workers(
     }
 }
 
-struct AbortOnDrop(Vec<JoinHandle<()>>);
+/// Aborts the tasks it holds when dropped (a dropped JoinHandle alone leaves its task running).
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn tasks(handles: Vec<JoinHandle<()>>) -> Self {
+        AbortOnDrop(handles.iter().map(JoinHandle::abort_handle).collect())
+    }
+    fn handle(h: tokio::task::AbortHandle) -> Self {
+        AbortOnDrop(vec![h])
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

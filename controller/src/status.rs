@@ -119,15 +119,25 @@ pub fn binding_status(v: &View<'_>, b: &BindingPolicy) -> BindingPolicyStatus {
             format!("{} cluster(s) hold every selected object", bound.len()),
         )
     } else {
-        let failing: Vec<String> = clusters
+        // Failed (a cluster reported errors) is distinct from pending (not reported on this generation yet).
+        let failed: Vec<String> = clusters
             .iter()
-            .filter(|c| !c.errors.is_empty() || c.synced_objects != c.desired_objects)
-            .map(|c| c.name.clone())
+            .filter(|c| !c.errors.is_empty())
+            .map(|c| format!("{}: {}", c.name, c.errors.join("; ")))
             .collect();
-        (
-            "SyncPending",
-            format!("not yet in sync: {}", failing.join(", ")),
-        )
+        if failed.is_empty() {
+            let pending: Vec<String> = clusters
+                .iter()
+                .filter(|c| c.synced_objects != c.desired_objects)
+                .map(|c| c.name.clone())
+                .collect();
+            (
+                "SyncPending",
+                format!("not yet in sync: {}", pending.join(", ")),
+            )
+        } else {
+            ("SyncFailed", failed.join("; "))
+        }
     };
     let synced_ok = !bound.is_empty() && all_synced;
     let ready_ok = synced_ok && all_reachable && errors.is_empty();
@@ -140,7 +150,7 @@ pub fn binding_status(v: &View<'_>, b: &BindingPolicy) -> BindingPolicyStatus {
     } else if synced_ok {
         "Ready"
     } else {
-        "SyncPending"
+        synced_reason
     };
     let ready_msg = if ready_ok {
         "every bound cluster is reachable and in sync".to_string()

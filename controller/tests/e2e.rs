@@ -60,7 +60,8 @@ fn target(name: &str, labels: Value) -> Value {
            "spec": {"clusterName": name, "labels": labels}})
 }
 
-async fn setup() -> Option<Setup> {
+/// `istio_on_cluster3`: whether cluster3 has the Istio CRDs installed.
+async fn setup(istio_on_cluster3: bool) -> Option<Setup> {
     if ksit_emulator::shared_schemas().is_none() {
         eprintln!("skipped: ../shared/schemas (the Istio CRDs) is absent");
         return None;
@@ -72,7 +73,9 @@ async fn setup() -> Option<Setup> {
     let mut members = Vec::new();
     for n in ["cluster1", "cluster2", "cluster3"] {
         let m = Emulator::start(n).await.unwrap();
-        m.load_shared_crds().unwrap();
+        if n != "cluster3" || istio_on_cluster3 {
+            m.load_shared_crds().unwrap();
+        }
         m.put(
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
             "istio",
@@ -184,7 +187,7 @@ fn set_canary_weight(hub: &Emulator, w: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_binds_renders_applies_prunes_and_reports() {
     let _ = env_logger::builder().is_test(true).try_init();
-    let Some(s) = setup().await else { return };
+    let Some(s) = setup(true).await else { return };
     let (c1, c2, c3) = (&s.members[0], &s.members[1], &s.members[2]);
     let controller = tokio::spawn(run_async(args(&s, "replica-a")));
 
@@ -560,4 +563,169 @@ fn project(live: &Value, shape: &Value) -> Value {
         ),
         (l, _) => l.clone(),
     }
+}
+
+fn events(hub: &Emulator) -> Vec<Value> {
+    hub.objects("events.k8s.io", "events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_writer_and_failures_reported_per_cluster() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let Some(s) = setup(false).await else { return };
+    let (c1, c2, c3) = (&s.members[0], &s.members[1], &s.members[2]);
+    // cluster3 joins the mesh but has no Istio installed.
+    s.hub
+        .put(
+            target(
+                "cluster3",
+                json!({"mesh": "enabled", "integration": "istio"}),
+            ),
+            "kubectl",
+        )
+        .unwrap();
+    let a = tokio::spawn(run_async(args(&s, "replica-a")));
+    let b = tokio::spawn(run_async(args(&s, "replica-b")));
+    wait_for(
+        "cluster1 and cluster2 synced",
+        Duration::from_secs(15),
+        || wasm_plugin(c1).is_some() && wasm_plugin(c2).is_some(),
+    )
+    .await;
+
+    // A cluster without Istio: a clear per-cluster error, the cluster itself still reachable.
+    wait_for(
+        "cluster3's missing Istio reported",
+        Duration::from_secs(10),
+        || {
+            let bp = s.hub.object(
+                "control.kubestellar.io",
+                "bindingpolicies",
+                None,
+                "istio-mesh-binding",
+            );
+            status(&bp, "/status/clusters")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["name"] == "cluster3"
+                            && c["errors"].to_string().contains("is Istio installed?")
+                    })
+                })
+                && status(&bp, "/status/conditions/0/reason") == Some(&json!("SyncFailed"))
+        },
+    )
+    .await;
+    wait_for(
+        "cluster3 reachable (only Istio is missing)",
+        Duration::from_secs(5),
+        || {
+            let it = s.hub.object(
+                "ksit.io",
+                "integrationtargets",
+                Some("ksit-system"),
+                "cluster3",
+            );
+            status(&it, "/status/ready") == Some(&json!(true))
+        },
+    )
+    .await;
+    wait_for(
+        "a Warning event for the binding",
+        Duration::from_secs(10),
+        || {
+            events(&s.hub).iter().any(|e| {
+                e["reason"] == "SyncFailed"
+                    && e["regarding"]["name"] == "istio-mesh-binding"
+                    && e["note"].to_string().contains("cluster3")
+            })
+        },
+    )
+    .await;
+    let i = s.hub.object(
+        "ksit.io",
+        "integrations",
+        Some("istio-system"),
+        "istio-multi-cluster-mesh",
+    );
+    assert!(status(&i, "/status/clusterStatuses").is_some());
+
+    // Only the Lease holder writes: one change to the policy is one write per cluster, not two.
+    let lease = s
+        .hub
+        .object(
+            "coordination.k8s.io",
+            "leases",
+            Some("ksit-system"),
+            "ksit-controller",
+        )
+        .unwrap();
+    let leader = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(leader == "replica-a" || leader == "replica-b");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in [c1, c2] {
+        m.reset_stats();
+    }
+    set_canary_weight(&s.hub, 40);
+    wait_for(
+        "new weight on cluster1 and cluster2",
+        Duration::from_secs(3),
+        || canary_weight(c1) == Some(40) && canary_weight(c2) == Some(40),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for m in [c1, c2] {
+        assert_eq!(
+            m.stats().writes,
+            1,
+            "{}: {:?}",
+            m.name(),
+            m.request_log()
+                .iter()
+                .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // The leader goes away: the other replica takes over within the lease duration and keeps going.
+    let (gone, stays) = if leader == "replica-a" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    gone.abort();
+    let _ = gone.await;
+    set_canary_weight(&s.hub, 45);
+    wait_for(
+        "the other replica applies the change",
+        Duration::from_secs(12),
+        || canary_weight(c1) == Some(45) && canary_weight(c2) == Some(45),
+    )
+    .await;
+    let lease = s
+        .hub
+        .object(
+            "coordination.k8s.io",
+            "leases",
+            Some("ksit-system"),
+            "ksit-controller",
+        )
+        .unwrap();
+    assert_ne!(
+        lease["spec"]["holderIdentity"].as_str(),
+        Some(leader.as_str())
+    );
+
+    // No Secret content ever reaches events.
+    for e in events(&s.hub) {
+        assert!(
+            !e.to_string().contains("emulator-token"),
+            "kubeconfig content in an event: {e}"
+        );
+    }
+    stays.abort();
+    let _ = std::fs::remove_dir_all(&s.dir);
 }
