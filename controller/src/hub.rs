@@ -266,6 +266,13 @@ impl HubReader {
                 if k.group.is_empty() && k.plural == "secrets" && name.ends_with("-kubeconfig") {
                     continue; // cluster credentials never leave the hub
                 }
+                if o.labels()
+                    .get(crate::desired::MANAGED_BY_LABEL)
+                    .map(String::as_str)
+                    == Some(crate::desired::MANAGED_BY_VALUE)
+                {
+                    continue; // ksit's own output (the hub is also a member): never a source
+                }
                 let mut v = serde_json::to_value(&o).unwrap_or_default();
                 if let Some(m) = v.as_object_mut() {
                     m.insert("apiVersion".into(), k.api_version().into());

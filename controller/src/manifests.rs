@@ -190,6 +190,10 @@ pub fn hub_from_documents(docs: &[Document]) -> anyhow::Result<Hub> {
                 hub.traffic_policies.push(tp);
             }
             ("", "Secret") if d.name().ends_with("-kubeconfig") => {}
+            _ if crate::desired::labels_of(&d.value)
+                .get(crate::desired::MANAGED_BY_LABEL)
+                .map(String::as_str)
+                == Some(crate::desired::MANAGED_BY_VALUE) => {} // ksit's own output is never a source
             _ if is_hub_only(&group) => {}
             _ => {
                 if kind == "Namespace" {
