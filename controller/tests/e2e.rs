@@ -573,7 +573,7 @@ fn events(hub: &Emulator) -> Vec<Value> {
 async fn two_replicas_one_writer_and_failures_reported_per_cluster() {
     let _ = env_logger::builder().is_test(true).try_init();
     let Some(s) = setup(false).await else { return };
-    let (c1, c2, c3) = (&s.members[0], &s.members[1], &s.members[2]);
+    let (c1, c2) = (&s.members[0], &s.members[1]);
     // cluster3 joins the mesh but has no Istio installed.
     s.hub
         .put(
