@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod explain;
 pub mod hub;
 pub mod leader;
 pub mod manifests;

@@ -32,8 +32,129 @@ enum Command {
         #[command(flatten)]
         module: ModuleArgs,
     },
+    /// Run one request (or many) through the same engine as the filter and say what it decides and why.
+    ///
+    /// FILE holds a TrafficPolicy or an Istio VirtualService (its spec.hosts and spec.http are read by the
+    /// same engine). The decision is reproducible: x-request-id (or the sticky header) decides the bucket and
+    /// the fault rolls, exactly as in Envoy.
+    Explain(Box<ExplainArgs>),
     /// Run the controller against the hub in the current kubeconfig context.
     Controller(Box<ksit_controller::controller::ControllerArgs>),
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// A file with a TrafficPolicy or a VirtualService.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Which object, when the file holds several (metadata.name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// The Host/:authority (default: the policy's first non-wildcard host).
+    #[arg(long)]
+    authority: Option<String>,
+    /// A request header, `name: value`; repeat.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Resolve the policy's per-cluster overrides for this cluster.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// `text` (default) or `json`.
+    #[arg(short = 'o', long = "output", default_value = "text")]
+    output: String,
+    /// Read requests from a JSON-lines file (`method`, `path`, `authority`, `headers`); write one JSON
+    /// decision per line.
+    #[arg(long)]
+    requests: Option<PathBuf>,
+}
+
+fn explain(a: &ExplainArgs) -> anyhow::Result<()> {
+    use ksit_controller::explain;
+    let docs: Vec<_> = manifests::read_documents(std::slice::from_ref(&a.file))?
+        .into_iter()
+        .filter(|d| matches!(d.kind(), "TrafficPolicy" | "VirtualService"))
+        .filter(|d| a.name.as_deref().is_none_or(|n| d.name() == n))
+        .collect();
+    let doc = match docs.as_slice() {
+        [d] => d,
+        [] => anyhow::bail!(
+            "{}: no TrafficPolicy or VirtualService{}",
+            a.file.display(),
+            a.name
+                .as_ref()
+                .map(|n| format!(" named {n}"))
+                .unwrap_or_default()
+        ),
+        many => anyhow::bail!(
+            "{} holds several policies; choose one with --name ({})",
+            a.file.display(),
+            many.iter()
+                .map(|d| d.describe())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let (engine, notes) = explain::engine_for(doc, a.cluster.as_deref())?;
+    let default_authority = doc.value["spec"]["hosts"]
+        .as_array()
+        .and_then(|h| {
+            h.iter()
+                .filter_map(|x| x.as_str())
+                .find(|h| !h.contains('*'))
+        })
+        .unwrap_or("")
+        .to_string();
+    let entropy = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    if let Some(path) = &a.requests {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let mut req: explain::ExplainRequest = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+            if req.authority.is_empty() {
+                req.authority = default_authority.clone();
+            }
+            println!(
+                "{}",
+                explain::decide(&engine, &req, entropy.wrapping_add(i as u64))
+            );
+        }
+        return Ok(());
+    }
+    let mut req = explain::ExplainRequest {
+        method: a.method.clone(),
+        path: a.path.clone(),
+        authority: a.authority.clone().unwrap_or(default_authority),
+        headers: Default::default(),
+    };
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("-H {h:?}: write 'name: value'"))?;
+        req.headers
+            .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let v = explain::decide(&engine, &req, entropy);
+    if a.output == "json" {
+        println!("{v}");
+    } else {
+        print!("{}", explain::human(&req, a.cluster.as_deref(), &v));
+        for n in notes {
+            println!("note        {n}");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -45,6 +166,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Render { files, out, module } => render(&files, &out, &module),
+        Command::Explain(a) => explain(&a),
         Command::Controller(args) => ksit_controller::controller::run(*args),
     };
     match result {

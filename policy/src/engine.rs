@@ -53,6 +53,10 @@ pub struct CompiledRule {
     pub name: String,
     /// Index among all rules of the engine (for per-rule tables such as metrics).
     pub id: usize,
+    /// Position in its policy's `http` list.
+    pub index: usize,
+    /// Whether the rule was given a name (otherwise `name` is `http[INDEX]`).
+    pub named: bool,
     matches: Vec<CompiledMatch>,
     pub destinations: Vec<CompiledDestination>,
     /// Exclusive upper bucket of each destination, cumulative; the last is `BUCKETS`.
@@ -442,6 +446,8 @@ impl Engine {
         Ok(CompiledRule {
             name,
             id,
+            index,
+            named: rule.name.is_some(),
             matches,
             destinations,
             bounds,
@@ -622,6 +628,19 @@ impl Engine {
 }
 
 impl CompiledRule {
+    /// Each destination's bucket range `[start, end)` out of 10,000.
+    pub fn bucket_ranges(&self) -> Vec<(u32, u32)> {
+        let mut start = 0;
+        self.bounds
+            .iter()
+            .map(|end| {
+                let r = (start, *end);
+                start = *end;
+                r
+            })
+            .collect()
+    }
+
     fn pick(
         &self,
         req: &Request<'_>,
