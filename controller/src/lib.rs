@@ -4,6 +4,7 @@
 //! cluster) -> `member` (one worker per cluster: apply, prune, drift) -> `status` (hub status and events);
 //! `controller` wires them under `leader` election; `server` serves health, metrics and the module.
 
+pub mod analyze;
 pub mod controller;
 pub mod desired;
 pub mod error;

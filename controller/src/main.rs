@@ -32,6 +32,24 @@ enum Command {
         #[command(flatten)]
         module: ModuleArgs,
     },
+    /// Check KSIT, KubeStellar, Istio and ksit YAML before applying it, like `istioctl analyze`.
+    ///
+    /// Finds, among others: a namespace on a cluster-scoped BindingPolicy, fields the schema does not declare
+    /// (`upsync`), deprecated `consecutiveErrors`, older API versions, bad weights, percentages, regexes and
+    /// durations, rules shadowed by an earlier rule, subsets no DestinationRule defines, VirtualServices that
+    /// clash with a TrafficPolicy's, BindingPolicies that select no cluster and TrafficPolicies sent nowhere.
+    /// Exit status 1 when there is an error, 0 when there are only warnings.
+    Analyze {
+        /// Files or directories of YAML.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// `text` (default) or `json`.
+        #[arg(short = 'o', long = "output", default_value = "text")]
+        output: String,
+        /// CRD files to check other kinds' fields against (e.g. Istio's CRDs).
+        #[arg(long = "schemas")]
+        schemas: Vec<PathBuf>,
+    },
     /// Run one request (or many) through the same engine as the filter and say what it decides and why.
     ///
     /// FILE holds a TrafficPolicy or an Istio VirtualService (its spec.hosts and spec.http are read by the
@@ -167,6 +185,30 @@ fn main() -> ExitCode {
         }
         Command::Render { files, out, module } => render(&files, &out, &module),
         Command::Explain(a) => explain(&a),
+        Command::Analyze {
+            files,
+            output,
+            schemas,
+        } => match ksit_controller::analyze::analyze(&files, &schemas) {
+            Ok(findings) => {
+                if output == "json" {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&findings).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", ksit_controller::analyze::human(&findings));
+                }
+                if findings
+                    .iter()
+                    .any(|f| f.severity == ksit_controller::analyze::Severity::Error)
+                {
+                    return ExitCode::from(1);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
         Command::Controller(args) => ksit_controller::controller::run(*args),
     };
     match result {

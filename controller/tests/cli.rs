@@ -203,3 +203,145 @@ fn render_writes_one_file_per_bound_cluster() {
     assert!(err.contains("make wasm"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn codes(out: &str) -> Vec<(String, String, String)> {
+    let v: Value = serde_json::from_str(out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+                f["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn analyze_finds_the_seed_examples_defects() {
+    let seed = repo().join("../shared/examples/ksit-multi-cluster-mesh");
+    if !seed.is_dir() {
+        eprintln!("skipped: ../shared/examples is absent");
+        return;
+    }
+    let (code, out, err) = ksit(&["analyze", "-f", seed.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, 1, "errors exit 1: {err}");
+    let c = codes(&out);
+    assert!(
+        c.contains(&(
+            "KSIT001".into(),
+            "error".into(),
+            "metadata.namespace".into()
+        )),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&("KSIT002".into(), "error".into(), "spec.upsync".into())),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&(
+            "KSIT003".into(),
+            "warning".into(),
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors".into()
+        )),
+        "{c:?}"
+    );
+    assert!(c.iter().any(|x| x.0 == "KSIT004"), "{c:?}");
+    let (_, text, _) = ksit(&["analyze", "-f", seed.to_str().unwrap()]);
+    assert!(text.contains("fix: use consecutive5xxErrors"), "{text}");
+    // The corrected example has only warnings.
+    let (code, out, _) = ksit(&[
+        "analyze",
+        "-f",
+        "manifests/examples/multi-cluster-mesh",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(codes(&out).iter().all(|x| x.1 == "warning"));
+}
+
+#[test]
+fn analyze_checks_policies_subsets_shadowing_and_bindings() {
+    let dir = std::env::temp_dir().join(format!("ksit-cli-an-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("all.yaml"), r#"
+apiVersion: ksit.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: bad, namespace: default}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: all
+    route: [{destination: {host: a}}]
+  - name: api
+    match: [{uri: {regex: "(open"}}]
+    route: [{destination: {host: a, subset: v1}, weight: -1}, {destination: {host: a, subset: v9}, weight: 5}]
+    fault: {delay: {fixedDelay: 5 seconds, percentage: {value: 150}}, abort: {httpStatus: 503}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: default}
+spec: {host: a.default.svc.cluster.local, subsets: [{name: v1, labels: {v: "1"}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shadow, namespace: default}
+spec:
+  hosts: [b.example.com]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: b}}]
+  - match: [{uri: {prefix: /api/v2}}]
+    route: [{destination: {host: b2}}]
+---
+apiVersion: control.kubestellar.io/v1alpha1
+kind: BindingPolicy
+metadata: {name: nowhere}
+spec:
+  clusterSelectors: [{matchLabels: {mesh: nope}}]
+  downsync: [{apiGroup: networking.istio.io, resources: [virtualservices]}]
+---
+apiVersion: ksit.io/v1alpha1
+kind: IntegrationTarget
+metadata: {name: c1, namespace: ksit-system}
+spec: {clusterName: c1, labels: {mesh: enabled}}
+"#).unwrap();
+    let (code, out, err) = ksit(&["analyze", "-f", dir.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, 1, "{err}");
+    let c = codes(&out);
+    let has = |code: &str, path: &str| c.iter().any(|x| x.0 == code && x.2 == path);
+    assert!(has("KSIT010", "spec.http[1].route[0].weight"), "{c:?}");
+    assert!(has("KSIT010", "spec.http[1].match[0].uri.regex"), "{c:?}");
+    assert!(
+        has("KSIT010", "spec.http[1].fault.delay.fixedDelay"),
+        "{c:?}"
+    );
+    assert!(
+        has("KSIT010", "spec.http[1].fault.delay.percentage.value"),
+        "{c:?}"
+    );
+    assert!(has("KSIT011", "spec.http[1].fault.abort"), "{c:?}");
+    assert!(
+        has("KSIT020", "spec.http[1]"),
+        "rule after a catch-all: {c:?}"
+    );
+    assert!(
+        has("KSIT030", "spec.http[1].route[1].destination.subset"),
+        "subset v9 undefined: {c:?}"
+    );
+    assert!(
+        !has("KSIT030", "spec.http[1].route[0].destination.subset"),
+        "subset v1 is defined: {c:?}"
+    );
+    assert!(
+        c.iter().filter(|x| x.0 == "KSIT020").count() == 2,
+        "VirtualService /api/v2 after /api: {c:?}"
+    );
+    assert!(has("KSIT040", "spec.clusterSelectors"), "{c:?}");
+    assert!(has("KSIT041", "metadata"), "{c:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
