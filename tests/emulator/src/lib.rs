@@ -325,6 +325,45 @@ impl Emulator {
         r.map_err(|e| anyhow::anyhow!("{}", e.message))
     }
 
+    /// Validates an object against its registered kind (CRD schema) without storing it: the unknown fields
+    /// the server would drop, or the validation error. Fails for a kind the emulator does not serve.
+    pub fn validate(&self, object: &Value) -> anyhow::Result<Vec<String>> {
+        let (group, plural, _, _) = self.locate(object)?;
+        let s = self.inner.store();
+        let k = s
+            .kind(&group, &plural)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?
+            .clone();
+        let (_, unknown) = s
+            .validate(&k, object.clone())
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        Ok(unknown)
+    }
+
+    /// Deletes an object directly (test setup), honouring finalizers as an API delete would.
+    pub fn delete(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let mut s = self.inner.store();
+        let before = s.rv;
+        let r = s.delete(group, plural, namespace, name).map(|_| ());
+        let events: Vec<store::Event> = s
+            .history
+            .iter()
+            .filter(|e| e.rv > before)
+            .cloned()
+            .collect();
+        drop(s);
+        for e in events {
+            let _ = self.inner.events.send(e);
+        }
+        r.map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
     fn locate(&self, object: &Value) -> anyhow::Result<(String, String, Option<String>, String)> {
         let av = object
             .get("apiVersion")
