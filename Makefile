@@ -5,7 +5,7 @@ ENVOY_VERSIONS ?= 1.40.0 1.36.4
 WASM := target/wasm32-wasip1/release/ksit_filter.wasm
 export KSIT_ENVOY_VERSIONS ?= $(shell echo $(ENVOY_VERSIONS) | tr ' ' ',')
 
-.PHONY: all setup rust-targets envoy wasm build lint test test-real-cluster-on-emulator demo generate clean help
+.PHONY: all setup rust-targets envoy wasm build lint test test-real-cluster-on-emulator demo oci generate clean help
 
 all: build
 
@@ -50,6 +50,10 @@ test-real-cluster-on-emulator:
 	  for i in $$(seq 50); do [ -f $$dir/stand-in.kubeconfig ] && break; sleep 0.1; done; \
 	  KSIT_TEST_KUBECONFIG=$$dir/stand-in.kubeconfig $(CARGO) test -q -p ksit-controller --test real_cluster -- --nocapture; rc=$$?; \
 	  kill $$pid; rm -rf $$dir; exit $$rc
+
+# The filter as an OCI image layout in Istio's Wasm image format (push it with oras or skopeo).
+oci: wasm
+	python3 scripts/oci-pack.py $(WASM) target/oci/ksit-filter $$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
 
 generate:
 	KSIT_REGENERATE=1 $(CARGO) test -q -p ksit-policy --test validation schema_is_generated_and_checked_in

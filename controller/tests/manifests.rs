@@ -140,3 +140,58 @@ async fn every_manifest_is_valid() {
     }
     assert!(checked >= 20, "only {checked} documents checked");
 }
+
+#[test]
+fn dashboard_queries_name_real_metrics() {
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("manifests/dashboards/ksit-grafana.json")).unwrap(),
+    )
+    .unwrap();
+    let controller = ksit_controller::metrics::Metrics::default();
+    controller.clusters_ready.set(1);
+    controller
+        .errors
+        .get_or_create(&ksit_controller::metrics::ErrorLabels {
+            cluster: "c".into(),
+            kind: "k".into(),
+        })
+        .inc();
+    controller
+        .writes
+        .get_or_create(&ksit_controller::metrics::WriteLabels {
+            cluster: "c".into(),
+            verb: "apply".into(),
+        })
+        .inc();
+    controller
+        .reconciles
+        .get_or_create(&ksit_controller::metrics::ClusterLabel {
+            cluster: "c".into(),
+        })
+        .inc();
+    controller.apply_seconds.observe(0.1);
+    let exposed = controller.encode();
+    let filter_doc = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            for w in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if w.starts_with("ksit_") {
+                    names.insert(w.to_string());
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 12, "{names:?}");
+    for n in names {
+        let known = if n.starts_with("ksit_controller_") {
+            exposed
+                .lines()
+                .any(|l| l.starts_with(&format!("{n} ")) || l.starts_with(&format!("{n}{{")))
+        } else {
+            filter_doc.contains(&format!("`{n}`"))
+        };
+        assert!(known, "the dashboard queries {n}, which nothing exports");
+    }
+}
