@@ -37,6 +37,8 @@ lint: rust-targets
 test: setup wasm lint
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@set -o pipefail; $(MAKE) --no-print-directory test-real-cluster-on-emulator 2>&1 | tee -a target/test-output.log
+	@echo "running the demo (debug build) to keep make demo working:" && target/debug/ksit-demo > target/demo-output.log 2>&1 || { cat target/demo-output.log; exit 1; }
+	@tail -1 target/demo-output.log
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } END { print "make test: all checks passed"; printf "summary: %d passed, %d failed\n", p, f }' target/test-output.log
 
 demo: rust-targets wasm

@@ -203,6 +203,16 @@ impl Emulator {
         Ok(n)
     }
 
+    /// Registers Istio's kinds: the real CRDs from ../shared/schemas when present, else minimal stand-ins
+    /// (crds/istio-minimal.yaml: kinds, versions and scope, specs unvalidated). Returns how many were real.
+    pub fn load_istio_crds(&self) -> anyhow::Result<bool> {
+        if self.load_shared_crds()? > 0 {
+            return Ok(true);
+        }
+        self.load_crds_yaml(include_str!("../crds/istio-minimal.yaml"))?;
+        Ok(false)
+    }
+
     /// Registers the CRDs of ../shared/schemas (Istio, KSIT, KubeStellar) when that folder exists.
     pub fn load_shared_crds(&self) -> anyhow::Result<usize> {
         let dir = shared_schemas();

@@ -1,115 +1,329 @@
-//! `make demo`: the ksit filter in a real Envoy on the seed policy, with local backends standing in for
-//! api-service-v1, api-service-v2 and web-service; drives traffic and reports what happened next to what the
-//! policy says.
+//! `make demo`: the whole mission on one machine. A hub and three member clusters (Kubernetes API emulators),
+//! the KSIT example applied on the hub, the ksit controller syncing the two labelled clusters, a canary
+//! rolled out in one cluster first; then a real Envoy per bound cluster, configured from that cluster's
+//! WasmPlugin, driven with traffic; a report per cluster against the policy, and an SVG chart.
 
+use ksit_controller::controller::{run_async, ControllerArgs};
+use ksit_controller::module::ModuleArgs;
+use ksit_emulator::Emulator;
 use ksit_tests::backend::start_all;
 use ksit_tests::client::Client;
-use ksit_tests::envoy::{prom_value, Envoy, EnvoyConfig, FilterConfig, Upstream};
+use ksit_tests::envoy::{Envoy, EnvoyConfig, FilterConfig, Upstream};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const HOST: &str = "myapp.example.com";
-const API_REQUESTS: usize = 2000;
-const WEB_REQUESTS: usize = 400;
-const IN_FLIGHT: usize = 256;
+const API_REQUESTS: usize = 1500;
+const WEB_REQUESTS: usize = 300;
+const IN_FLIGHT: usize = 200;
+const DESTS: [&str; 3] = ["api-service-v1", "api-service-v2", "web-service"];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if let Err(e) = run().await {
-        eprintln!("demo failed: {e:#}");
+        eprintln!("\ndemo failed: {e:#}");
         std::process::exit(1);
     }
 }
 
-struct Outcome {
-    path: &'static str,
-    user: usize,
-    status: u16,
-    backend: Option<String>,
-    aborted: bool,
-    elapsed: Duration,
+fn say(s: &str) {
+    println!("{s}");
+}
+
+fn example() -> PathBuf {
+    ksit_tests::repo_root().join("manifests/examples/multi-cluster-mesh")
+}
+
+fn docs(file: &str) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(example().join(file))?;
+    let mut out = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
+        out.push(serde::Deserialize::deserialize(d)?);
+    }
+    Ok(out)
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+struct Observed {
+    cluster: String,
+    per_dest: BTreeMap<String, usize>,
+    api: usize,
+    delayed: usize,
+    aborted: usize,
+    web_ok: usize,
+    web: usize,
+    errors: usize,
+    policy_v2: f64,
+    policy_delay: f64,
+    policy_abort: f64,
 }
 
 async fn run() -> anyhow::Result<()> {
-    let policy = ksit_tests::seed_spec()?;
-    println!("ksit demo: the seed TrafficPolicy (manifests/examples/multi-cluster-mesh/trafficpolicy.yaml)");
-    println!("  /api -> api-service-v1 90% / api-service-v2 10%, sticky by x-user-id, override with x-ksit-canary");
-    println!("          faults: 5s delay on 10%, 503 abort on 5%");
-    println!("  /web -> web-service");
-    let backends = start_all(&["api-service-v1", "api-service-v2", "web-service"]).await?;
-    let upstreams = backends
+    let started = Instant::now();
+    say("ksit demo: a hub and three member clusters (Kubernetes API emulators), the ksit controller, real Envoys\n");
+
+    // 1. Clusters.
+    let hub = Emulator::start("hub").await?;
+    hub.load_crds_yaml(&ksit_controller::resources::crds_yaml())?;
+    let real_istio = hub.load_istio_crds()?;
+    let mut members = Vec::new();
+    for (name, labels) in [
+        (
+            "cluster1",
+            json!({"mesh": "enabled", "integration": "istio"}),
+        ),
+        (
+            "cluster2",
+            json!({"mesh": "enabled", "integration": "istio"}),
+        ),
+        ("cluster3", json!({"mesh": "disabled"})),
+    ] {
+        let m = Emulator::start(name).await?;
+        m.load_istio_crds()?;
+        m.put(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
+            "istio",
+        )?;
+        m.put(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "istiod", "namespace": "istio-system"}, "spec": {"replicas": 1}, "status": {"availableReplicas": 1}}), "istio")?;
+        m.put(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system", "labels": {"istio": "ingressgateway"}}, "spec": {"replicas": 1}}), "istio")?;
+        say(&format!("  {name:<9} {} labels {labels}", m.url()));
+        members.push((m, labels));
+    }
+    say(&format!(
+        "  {:<9} {} ({} Istio CRDs)\n",
+        "hub",
+        hub.url(),
+        if real_istio { "real" } else { "stand-in" }
+    ));
+
+    // 2. The example on the hub.
+    for ns in ["ksit-system", "istio-system"] {
+        hub.put(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            "kubectl",
+        )?;
+    }
+    for (m, labels) in &members {
+        hub.put(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{}-kubeconfig", m.name()), "namespace": "ksit-system"}, "data": {"kubeconfig": b64(m.kubeconfig().as_bytes())}}), "kubectl")?;
+        hub.put(json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget", "metadata": {"name": m.name(), "namespace": "ksit-system"}, "spec": {"clusterName": m.name(), "labels": labels}}), "kubectl")?;
+    }
+    for f in [
+        "integration.yaml",
+        "gateway.yaml",
+        "destinationrule.yaml",
+        "trafficpolicy.yaml",
+        "bindingpolicy.yaml",
+    ] {
+        for d in docs(f)? {
+            hub.put(d, "kubectl")?;
+        }
+        say(&format!("applied {f}"));
+    }
+
+    // 3. The controller.
+    let dir = std::env::temp_dir().join(format!("ksit-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    hub.write_kubeconfig(&dir.join("hub.kubeconfig"))?;
+    let module = ksit_tests::envoy::filter_wasm()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let args = ControllerArgs {
+        kubeconfig: Some(dir.join("hub.kubeconfig")),
+        listen: ([127, 0, 0, 1], port).into(),
+        module: ModuleArgs {
+            module: module.clone(),
+            module_base_url: format!("http://127.0.0.1:{port}"),
+            oci_image: None,
+            gateway_namespace: "istio-system".into(),
+        },
+        namespace: "ksit-system".into(),
+        target_namespaces: vec!["ksit-system".into()],
+        kubestellar_owns_bindings: false,
+        resync_seconds: 30,
+        member_timeout_seconds: 3,
+        identity: Some("ksit-demo".into()),
+        lease_seconds: 10,
+    };
+    let controller = tokio::spawn(run_async(args));
+    say("\nksit controller started; sync status from the hub (BindingPolicy istio-mesh-binding):");
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bp = hub
+            .object(
+                "control.kubestellar.io",
+                "bindingpolicies",
+                None,
+                "istio-mesh-binding",
+            )
+            .unwrap_or_default();
+        let clusters = bp
+            .pointer("/status/clusters")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let line: Vec<String> = clusters
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}/{} objects{}",
+                    c["name"].as_str().unwrap_or(""),
+                    c["syncedObjects"],
+                    c["desiredObjects"],
+                    if c["errors"].as_array().is_some_and(|e| !e.is_empty()) {
+                        " (errors)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        let line = format!(
+            "  {:>5.1}s  {}",
+            started.elapsed().as_secs_f64(),
+            if line.is_empty() {
+                "waiting for the first reconcile".into()
+            } else {
+                line.join("   ")
+            }
+        );
+        if line.split_once("s ").map(|x| x.1) != last.split_once("s ").map(|x| x.1) {
+            say(&line);
+            last = line;
+        }
+        let ready = bp
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        if ready {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the clusters did not converge in 30 s:\n{bp:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (m, _) in &members {
+        let n = m.objects("extensions.istio.io", "wasmplugins").len()
+            + m.objects("networking.istio.io", "virtualservices").len();
+        say(&format!(
+            "  {}: {} WasmPlugin/VirtualService object(s)",
+            m.name(),
+            n
+        ));
+    }
+
+    // 4. Canary in one cluster first: cluster2 goes to 30%.
+    let mut tp = hub
+        .object("ksit.io", "trafficpolicies", Some("default"), "myapp")
+        .ok_or_else(|| anyhow::anyhow!("TrafficPolicy gone"))?;
+    tp["spec"]["overrides"] = json!([{"clusters": ["cluster2"], "http": [{"name": "api", "route": [
+        {"destination": {"host": "api-service-v1", "port": {"number": 8080}}, "weight": 70},
+        {"destination": {"host": "api-service-v2", "port": {"number": 8080}}, "weight": 30}]}]}]);
+    hub.put(tp, "kubectl-edit")?;
+    let t = Instant::now();
+    let weight = |m: &Emulator| {
+        m.object(
+            "extensions.istio.io",
+            "wasmplugins",
+            Some("istio-system"),
+            "ksit-default-myapp",
+        )
+        .and_then(|w| {
+            w.pointer("/spec/pluginConfig/http/0/route/1/weight")
+                .and_then(Value::as_i64)
+        })
+    };
+    while weight(&members[1].0) != Some(30) {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "the override did not reach cluster2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    say(&format!("\nrolled the canary to 30% in cluster2 only (TrafficPolicy override): on cluster2 in {} ms", t.elapsed().as_millis()));
+
+    // 5. An Envoy per bound cluster, configured from its WasmPlugin.
+    let backends = start_all(&DESTS).await?;
+    let upstreams: Vec<Upstream> = backends
         .iter()
         .map(|b| Upstream {
             destination: b.name.clone(),
             addr: b.addr,
         })
         .collect();
-    let mut cfg = EnvoyConfig::new("1.40.0", upstreams);
-    cfg.concurrency = 2;
-    cfg.filter = Some(FilterConfig::new(&policy)?);
-    let started = Instant::now();
-    let envoy = Envoy::start(&cfg).await?;
-    println!(
-        "\nEnvoy {} up on {} (admin {}) with the filter, in {:.1}s",
-        envoy.version,
-        envoy.listener,
-        envoy.admin,
-        started.elapsed().as_secs_f64()
-    );
-
-    let total = API_REQUESTS + WEB_REQUESTS;
-    println!("sending {total} requests ({API_REQUESTS} to /api with distinct x-request-id, {WEB_REQUESTS} to /web), {IN_FLIGHT} in flight:");
-    let done = Arc::new(AtomicUsize::new(0));
-    let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let client = Client::new(&envoy.base_url()).with_timeout(Duration::from_secs(30));
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let (client, sem, done) = (client.clone(), sem.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await.ok()?;
-            let path = if i % 6 == 5 {
-                "/web/index.html"
-            } else {
-                "/api/orders"
-            };
-            let id = format!("demo-{i}");
-            let user = format!("user-{}", i % 500);
-            let r = client
-                .get(
-                    path,
-                    &[("host", HOST), ("x-request-id", &id), ("x-user-id", &user)],
-                )
-                .await
-                .ok()?;
-            done.fetch_add(1, Ordering::Relaxed);
-            Some(Outcome {
-                path: if path.starts_with("/api") {
-                    "/api"
-                } else {
-                    "/web"
-                },
-                user: i % 500,
-                status: r.status,
-                backend: r.backend().map(String::from),
-                aborted: r.header("x-ksit-fault") == Some("abort"),
-                elapsed: r.elapsed,
-            })
-        }));
+    let mut envoys = Vec::new();
+    for (m, _) in &members {
+        let Some(wp) = m.object(
+            "extensions.istio.io",
+            "wasmplugins",
+            Some("istio-system"),
+            "ksit-default-myapp",
+        ) else {
+            say(&format!(
+                "{}: no WasmPlugin (not bound), no Envoy",
+                m.name()
+            ));
+            continue;
+        };
+        let mut cfg = EnvoyConfig::new("1.40.0", upstreams.clone());
+        cfg.concurrency = 1;
+        cfg.filter = Some(FilterConfig::new(&wp["spec"]["pluginConfig"])?);
+        let envoy = Envoy::start(&cfg).await?;
+        say(&format!(
+            "{}: Envoy {} on {} with that cluster's pluginConfig",
+            m.name(),
+            envoy.version,
+            envoy.listener
+        ));
+        envoys.push((
+            m.name().to_string(),
+            envoy,
+            wp["spec"]["pluginConfig"].clone(),
+        ));
     }
+
+    // 6. Traffic.
+    let total = (API_REQUESTS + WEB_REQUESTS) * envoys.len();
+    say(&format!("\nsending {total} requests ({API_REQUESTS} /api + {WEB_REQUESTS} /web per cluster, distinct x-request-id, 500 users):"));
+    let done = Arc::new(AtomicUsize::new(0));
     let progress = {
         let done = done.clone();
         tokio::spawn(async move {
             loop {
-                let d = done.load(Ordering::Relaxed);
-                let width = 40;
-                let filled = d * width / total;
+                let d = done.load(Ordering::Relaxed).min(total);
+                let filled = d * 40 / total.max(1);
                 print!(
                     "\r  [{}{}] {d}/{total}",
                     "#".repeat(filled),
-                    " ".repeat(width - filled)
+                    " ".repeat(40 - filled)
                 );
                 let _ = std::io::stdout().flush();
                 if d >= total {
@@ -119,25 +333,29 @@ async fn run() -> anyhow::Result<()> {
             }
         })
     };
-    let mut outcomes = Vec::with_capacity(total);
-    for t in tasks {
-        if let Some(o) = t.await? {
-            outcomes.push(o);
-        }
+    let mut runs = Vec::new();
+    for (cluster, envoy, cfg) in &envoys {
+        runs.push(drive(
+            cluster.clone(),
+            envoy.base_url(),
+            cfg.clone(),
+            done.clone(),
+        ));
     }
+    let observed: Vec<Observed> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
     done.store(total, Ordering::Relaxed);
     let _ = progress.await;
-    println!("\n  done in {:.1}s\n", started.elapsed().as_secs_f64());
+    say("");
 
-    let api: Vec<&Outcome> = outcomes.iter().filter(|o| o.path == "/api").collect();
-    let web: Vec<&Outcome> = outcomes.iter().filter(|o| o.path == "/web").collect();
-    let mut per_dest: BTreeMap<String, usize> = BTreeMap::new();
-    for o in &api {
-        if let Some(b) = &o.backend {
-            *per_dest.entry(b.clone()).or_default() += 1;
-        }
-    }
-    let routed: usize = per_dest.values().sum();
+    // 7. Report.
+    say(&format!(
+        "\n{:<10} {:<26} {:>9} {:>10} {:>9}",
+        "cluster", "what", "requests", "observed", "policy"
+    ));
+    say(&"-".repeat(68));
     let pct = |n: usize, of: usize| {
         if of == 0 {
             0.0
@@ -145,122 +363,207 @@ async fn run() -> anyhow::Result<()> {
             n as f64 * 100.0 / of as f64
         }
     };
-    println!(
-        "{:<34} {:>9} {:>10} {:>10}",
-        "what", "requests", "observed", "policy"
-    );
-    println!("{}", "-".repeat(66));
-    for (dest, want) in [("api-service-v1", 90.0), ("api-service-v2", 10.0)] {
-        let n = per_dest.get(dest).copied().unwrap_or(0);
-        println!(
-            "{:<34} {:>9} {:>9.1}% {:>9.1}%",
-            format!("/api -> {dest}"),
-            n,
-            pct(n, routed),
-            want
-        );
+    let mut ok = true;
+    for o in &observed {
+        let routed: usize = o.per_dest.values().sum();
+        let v2 = o.per_dest.get("api-service-v2").copied().unwrap_or(0);
+        let v1 = o.per_dest.get("api-service-v1").copied().unwrap_or(0);
+        let rows = [
+            (
+                "/api -> api-service-v1",
+                v1,
+                pct(v1, routed),
+                100.0 - o.policy_v2,
+            ),
+            ("/api -> api-service-v2", v2, pct(v2, routed), o.policy_v2),
+            (
+                "/api delayed >= 5s",
+                o.delayed,
+                pct(o.delayed, o.api),
+                o.policy_delay,
+            ),
+            (
+                "/api aborted (503)",
+                o.aborted,
+                pct(o.aborted, o.api),
+                o.policy_abort,
+            ),
+            ("/web -> web-service", o.web_ok, pct(o.web_ok, o.web), 100.0),
+        ];
+        for (i, (what, n, obs, want)) in rows.iter().enumerate() {
+            say(&format!(
+                "{:<10} {:<26} {:>9} {:>9.1}% {:>8.1}%",
+                if i == 0 { o.cluster.as_str() } else { "" },
+                what,
+                n,
+                obs,
+                want
+            ));
+            ok &= (obs - want).abs() <= 4.0;
+        }
+        ok &= o.errors == 0;
     }
-    let delayed = api
-        .iter()
-        .filter(|o| o.elapsed >= Duration::from_secs(5))
-        .count();
-    let aborted = api.iter().filter(|o| o.aborted).count();
-    println!(
-        "{:<34} {:>9} {:>9.1}% {:>9.1}%",
-        "/api delayed >= 5s",
-        delayed,
-        pct(delayed, api.len()),
-        10.0
-    );
-    println!(
-        "{:<34} {:>9} {:>9.1}% {:>9.1}%",
-        "/api aborted with 503",
-        aborted,
-        pct(aborted, api.len()),
-        5.0
-    );
-    let web_ok = web
-        .iter()
-        .filter(|o| o.backend.as_deref() == Some("web-service"))
-        .count();
-    println!(
-        "{:<34} {:>9} {:>9.1}% {:>9.1}%",
-        "/web -> web-service",
-        web_ok,
-        pct(web_ok, web.len()),
-        100.0
-    );
-    let errors = outcomes
-        .iter()
-        .filter(|o| o.status != 200 && !o.aborted)
-        .count();
-    println!(
-        "{:<34} {:>9}",
-        "other errors",
-        errors + (total - outcomes.len())
-    );
+    let chart = ksit_tests::repo_root().join("target/demo/ksit-demo.svg");
+    std::fs::create_dir_all(chart.parent().unwrap_or(&dir))?;
+    std::fs::write(&chart, svg(&observed))?;
+    say(&format!(
+        "\nchart: {}",
+        chart.canonicalize().unwrap_or(chart).display()
+    ));
 
-    // Stickiness: every user saw one destination for all its routed /api requests.
-    let mut per_user: BTreeMap<usize, std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for o in &api {
-        if let Some(b) = &o.backend {
-            per_user.entry(o.user).or_default().insert(b.as_str());
-        }
-    }
-    let sticky = per_user.values().filter(|d| d.len() == 1).count();
-    println!(
-        "{:<34} {:>9} {:>10}",
-        "users pinned to one destination",
-        format!("{sticky}/{}", per_user.len()),
-        if sticky == per_user.len() {
-            "all"
-        } else {
-            "NOT ALL"
-        }
-    );
-    let prom = envoy.prometheus().await?;
-    println!("\nfrom Envoy's /stats/prometheus (the filter's own counters):");
-    for (name, labels) in [
-        (
-            "ksit_requests_total",
-            vec![("ksit_rule", "api"), ("ksit_destination", "api-service-v1")],
-        ),
-        (
-            "ksit_requests_total",
-            vec![("ksit_rule", "api"), ("ksit_destination", "api-service-v2")],
-        ),
-        (
-            "ksit_requests_total",
-            vec![("ksit_rule", "web"), ("ksit_destination", "web-service")],
-        ),
-        ("ksit_delays_total", vec![("ksit_rule", "api")]),
-        ("ksit_aborts_total", vec![("ksit_rule", "api")]),
-        ("ksit_faults_skipped_total", vec![("ksit_rule", "api")]),
-        ("ksit_active_delays", vec![]),
-    ] {
-        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        println!(
-            "  {name}{{{}}} {}",
-            l.join(","),
-            prom_value(&prom, name, &labels).unwrap_or(0.0)
-        );
-    }
-    println!("\nEvery decision is reproducible: `x-request-id` decides the canary bucket and the fault rolls,");
-    println!(
-        "`x-user-id` (when present) pins a user to one destination on every worker and cluster."
-    );
-    drop(envoy);
+    // 8. Clean up: every Envoy, backend, emulator and the controller stop here.
+    controller.abort();
+    let _ = controller.await;
+    drop(envoys);
     drop(backends);
-    let dev = |a: f64, b: f64| (a - b).abs();
-    let v2 = pct(per_dest.get("api-service-v2").copied().unwrap_or(0), routed);
-    if dev(v2, 10.0) > 3.0
-        || dev(pct(delayed, api.len()), 10.0) > 3.0
-        || dev(pct(aborted, api.len()), 5.0) > 3.0
-        || errors > 0
-        || sticky != per_user.len()
-    {
-        anyhow::bail!("observed numbers are far from the policy's; see the table above");
+    for (m, _) in &members {
+        m.shutdown();
     }
-    println!("demo ok: observed split and faults match the policy.");
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(
+        ok,
+        "observed numbers are far from the policy's; see the table above"
+    );
+    say(&format!("demo ok in {:.0}s: two clusters synced, cluster3 left alone, each Envoy split and faulted as its policy says.", started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+async fn drive(
+    cluster: String,
+    base: String,
+    cfg: Value,
+    done: Arc<AtomicUsize>,
+) -> anyhow::Result<Observed> {
+    let client = Client::new(&base).with_timeout(Duration::from_secs(30));
+    let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::new();
+    for i in 0..API_REQUESTS + WEB_REQUESTS {
+        let (client, sem, done, cluster) =
+            (client.clone(), sem.clone(), done.clone(), cluster.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok()?;
+            let api = i % 6 != 5;
+            let path = if api {
+                "/api/orders"
+            } else {
+                "/web/index.html"
+            };
+            let id = format!("{cluster}-{i}");
+            let user = format!("user-{}", i % 500);
+            let r = client
+                .get(
+                    path,
+                    &[("host", HOST), ("x-request-id", &id), ("x-user-id", &user)],
+                )
+                .await
+                .ok();
+            done.fetch_add(1, Ordering::Relaxed);
+            Some((api, r))
+        }));
+    }
+    let w = |p: &str| cfg.pointer(p).and_then(Value::as_f64).unwrap_or(0.0);
+    let (w1, w2) = (w("/http/0/route/0/weight"), w("/http/0/route/1/weight"));
+    let mut o = Observed {
+        cluster,
+        per_dest: BTreeMap::new(),
+        api: 0,
+        delayed: 0,
+        aborted: 0,
+        web_ok: 0,
+        web: 0,
+        errors: 0,
+        policy_v2: if w1 + w2 > 0.0 {
+            w2 * 100.0 / (w1 + w2)
+        } else {
+            0.0
+        },
+        policy_delay: w("/http/0/fault/delay/percentage/value"),
+        policy_abort: w("/http/0/fault/abort/percentage/value"),
+    };
+    for t in tasks {
+        match t.await? {
+            Some((true, Some(r))) => {
+                o.api += 1;
+                o.delayed += usize::from(r.elapsed >= Duration::from_secs(5));
+                if r.header("x-ksit-fault") == Some("abort") {
+                    o.aborted += 1;
+                } else if let Some(b) = r.backend() {
+                    *o.per_dest.entry(b.to_string()).or_default() += 1;
+                } else {
+                    o.errors += 1;
+                }
+            }
+            Some((false, Some(r))) => {
+                o.web += 1;
+                o.web_ok += usize::from(r.backend() == Some("web-service"));
+            }
+            _ => o.errors += 1,
+        }
+    }
+    Ok(o)
+}
+
+/// Grouped bars per cluster: observed next to the policy's number for the canary share, delays and aborts.
+fn svg(obs: &[Observed]) -> String {
+    let (w, h, top, left, bottom) = (760.0, 360.0, 50.0, 60.0, 300.0);
+    let scale = |v: f64| (bottom - top) * v.min(40.0) / 40.0;
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{left}' y='24' font-size='16'>ksit demo: observed (solid) vs policy (outline), % of /api requests, y axis 0-40%</text>\n");
+    for g in [0.0, 10.0, 20.0, 30.0, 40.0] {
+        let y = bottom - scale(g);
+        s.push_str(&format!("<line x1='{left}' x2='{}' y1='{y}' y2='{y}' stroke='#ddd'/><text x='{}' y='{}' text-anchor='end'>{g}%</text>\n", w - 20.0, left - 6.0, y + 4.0));
+    }
+    let colors = ["#3b7dd8", "#e0a030", "#d04040"];
+    let group_w = (w - left - 40.0) / obs.len().max(1) as f64;
+    for (ci, o) in obs.iter().enumerate() {
+        let routed: usize = o.per_dest.values().sum();
+        let pct = |n: usize, of: usize| {
+            if of == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / of as f64
+            }
+        };
+        let bars = [
+            (
+                "canary v2",
+                pct(
+                    o.per_dest.get("api-service-v2").copied().unwrap_or(0),
+                    routed,
+                ),
+                o.policy_v2,
+            ),
+            ("delayed", pct(o.delayed, o.api), o.policy_delay),
+            ("aborted", pct(o.aborted, o.api), o.policy_abort),
+        ];
+        let gx = left + 20.0 + ci as f64 * group_w;
+        for (bi, (name, observed, policy)) in bars.iter().enumerate() {
+            let x = gx + bi as f64 * 70.0;
+            let (ho, hp) = (scale(*observed), scale(*policy));
+            s.push_str(&format!(
+                "<rect x='{x}' y='{}' width='28' height='{ho}' fill='{}'/>\n",
+                bottom - ho,
+                colors[bi]
+            ));
+            s.push_str(&format!("<rect x='{}' y='{}' width='28' height='{hp}' fill='none' stroke='{}' stroke-width='2'/>\n", x + 30.0, bottom - hp, colors[bi]));
+            s.push_str(&format!(
+                "<text x='{}' y='{}' text-anchor='middle'>{observed:.1}</text>\n",
+                x + 14.0,
+                bottom - ho - 4.0
+            ));
+            s.push_str(&format!(
+                "<text x='{}' y='{}' text-anchor='middle'>{name}</text>\n",
+                x + 29.0,
+                bottom + 16.0
+            ));
+        }
+        s.push_str(&format!(
+            "<text x='{}' y='{}' font-size='14' font-weight='bold'>{}</text>\n",
+            gx + 70.0,
+            bottom + 40.0,
+            o.cluster
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
 }
