@@ -11,6 +11,9 @@ use std::time::Duration;
 
 const HOST: &str = "myapp.example.com";
 
+/// A named request: path and headers (raw bytes).
+type Case<'a> = (&'a str, Vec<u8>, &'a [(&'a [u8], &'a [u8])]);
+
 fn policy() -> Value {
     let mut s = ksit_tests::seed_spec().unwrap();
     s["http"][0].as_object_mut().unwrap().remove("fault");
@@ -93,7 +96,7 @@ async fn malformed_requests_are_answered_and_never_break_the_vm() {
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect();
         many_refs.push((b"x-request-id", b"many"));
-        let cases: Vec<(&str, Vec<u8>, &[(&[u8], &[u8])])> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "non-UTF-8 sticky value",
                 b"/api/x".to_vec(),
