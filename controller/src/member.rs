@@ -260,15 +260,23 @@ impl Worker {
         let secrets: Api<Secret> =
             Api::namespaced(self.cfg.hub.clone(), &self.cfg.secret_namespace);
         let secret_name = format!("{cluster}-kubeconfig");
-        let secret = timed("hub", self.cfg.timeout, secrets.get_opt(&secret_name))
-            .await
-            .map_err(|e| Error::Kubeconfig {
-                cluster: cluster.clone(),
-                message: format!(
-                    "reading Secret {}/{secret_name}: {e}",
-                    self.cfg.secret_namespace
-                ),
-            })?;
+        let secret = match (
+            timed("hub", self.cfg.timeout, secrets.get_opt(&secret_name)).await,
+            &self.client,
+        ) {
+            (Ok(s), _) => s,
+            // The hub hiccuped: keep using the connection we have rather than calling the cluster lost.
+            (Err(_), Some((_, c))) => return Ok(c.clone()),
+            (Err(e), None) => {
+                return Err(Error::Kubeconfig {
+                    cluster: cluster.clone(),
+                    message: format!(
+                        "reading Secret {}/{secret_name}: {e}",
+                        self.cfg.secret_namespace
+                    ),
+                })
+            }
+        };
         let Some(secret) = secret else {
             return Err(Error::Kubeconfig {
                 cluster,
@@ -475,14 +483,34 @@ impl Worker {
         }
         // Prune: only objects carrying ksit's label AND managed by ksit-controller, never namespaces.
         for kind in &plan.prune_kinds {
-            if kind.kind == "Namespace" || !self.has_kind(client, kind).await? {
+            if kind.kind == "Namespace" {
+                continue;
+            }
+            // A failed look (e.g. a 500) skips pruning this kind this time; only losing the cluster ends the pass.
+            let present = match self.has_kind(client, kind).await {
+                Ok(p) => p,
+                Err(e) if is_cluster_wide(&e) => return Err(e),
+                Err(e) => {
+                    self.count_error(&e);
+                    continue;
+                }
+            };
+            if !present {
                 continue;
             }
             present_kinds.insert(kind.clone());
             let api = api_for(client, kind, None);
             let lp =
                 ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-            let list = timed(&cluster, self.cfg.timeout, api.list(&lp)).await?;
+            let list = match timed(&cluster, self.cfg.timeout, api.list(&lp)).await {
+                Ok(l) => l,
+                Err(e) if is_cluster_wide(&e) => return Err(e),
+                Err(e) => {
+                    self.count_error(&e);
+                    log::warn!("{cluster}: listing {} to prune: {e}", kind.plural);
+                    continue;
+                }
+            };
             for live in list.items {
                 let key = ObjectKey {
                     kind: kind.clone(),

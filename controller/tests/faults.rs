@@ -1,0 +1,205 @@
+//! The controller under broken infrastructure (faults injected through the API emulators): it converges
+//! once things recover, never duplicates or touches what it does not own, and its status tells the truth
+//! while things are broken. Also: killed mid-apply, the next instance converges without spurious writes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+fn it_status(hub: &Emulator, cluster: &str) -> Option<Value> {
+    hub.object(
+        "ksit.io",
+        "integrationtargets",
+        Some("ksit-system"),
+        cluster,
+    )
+    .and_then(|t| t.get("status").cloned())
+}
+
+fn owned_counts(m: &Emulator) -> (usize, usize) {
+    let mine = |objs: Vec<Value>| {
+        objs.iter()
+            .filter(|o| {
+                o.pointer("/metadata/labels/app.kubernetes.io~1managed-by") == Some(&json!("ksit"))
+            })
+            .count()
+    };
+    (
+        mine(m.objects("extensions.istio.io", "wasmplugins")),
+        mine(m.objects("networking.istio.io", "virtualservices")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let Some(s) = setup(true).await else { return };
+    let (c1, c2) = (&s.members[0], &s.members[1]);
+    let controller = tokio::spawn(run_async(args(&s, "faulty")));
+    wait_for("initial sync", Duration::from_secs(15), || {
+        canary_weight(c1) == Some(10) && canary_weight(c2) == Some(10)
+    })
+    .await;
+
+    // Intermittent 500s on the hub and a member.
+    s.hub.faults().set_error_rate(0.2);
+    c1.faults().set_error_rate(0.2);
+    set_canary_weight(&s.hub, 20);
+    wait_for(
+        "converged through 20% errors",
+        Duration::from_secs(40),
+        || canary_weight(c1) == Some(20) && canary_weight(c2) == Some(20),
+    )
+    .await;
+    s.hub.faults().set_error_rate(0.0);
+    c1.faults().set_error_rate(0.0);
+
+    // A slow member times out; its status says so; the other converges anyway.
+    c2.faults().set_latency(Duration::from_secs(3));
+    set_canary_weight(&s.hub, 25);
+    wait_for(
+        "cluster1 converges while cluster2 is slow",
+        Duration::from_secs(5),
+        || canary_weight(c1) == Some(25),
+    )
+    .await;
+    wait_for(
+        "cluster2 reported as timing out",
+        Duration::from_secs(20),
+        || {
+            it_status(&s.hub, "cluster2").is_some_and(|st| {
+                st["ready"] == false && st["conditions"][0]["reason"] == "Timeout"
+            })
+        },
+    )
+    .await;
+    assert_ne!(
+        canary_weight(c2),
+        Some(25),
+        "a member that cannot answer cannot have been updated"
+    );
+    c2.faults().set_latency(Duration::ZERO);
+    wait_for("cluster2 catches up", Duration::from_secs(40), || {
+        canary_weight(c2) == Some(25)
+    })
+    .await;
+    wait_for("cluster2 ready again", Duration::from_secs(10), || {
+        it_status(&s.hub, "cluster2").is_some_and(|st| st["ready"] == true)
+    })
+    .await;
+
+    // Dropped watch streams on the hub: changes still arrive.
+    s.hub.faults().drop_watches();
+    set_canary_weight(&s.hub, 30);
+    wait_for(
+        "change after dropped watches",
+        Duration::from_secs(10),
+        || canary_weight(c1) == Some(30) && canary_weight(c2) == Some(30),
+    )
+    .await;
+
+    // A member that comes back empty gets everything back.
+    c1.wipe();
+    assert!(wasm_plugin(c1).is_none());
+    wait_for("wiped member restored", Duration::from_secs(15), || {
+        wasm_plugin(c1).is_some()
+            && c1
+                .object(
+                    "networking.istio.io",
+                    "gateways",
+                    Some("istio-system"),
+                    "multi-cluster-gateway",
+                )
+                .is_some()
+    })
+    .await;
+
+    // The hub goes away and comes back.
+    s.hub.faults().set_down(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.hub.faults().set_down(false);
+    set_canary_weight(&s.hub, 35);
+    wait_for(
+        "change after a hub restart",
+        Duration::from_secs(20),
+        || canary_weight(c1) == Some(35) && canary_weight(c2) == Some(35),
+    )
+    .await;
+
+    // Nothing duplicated; the object ksit does not own is as it was.
+    // One WasmPlugin; two VirtualServices (ksit's rendered one and the example's copied one).
+    assert_eq!(owned_counts(c1), (1, 2));
+    assert_eq!(owned_counts(c2), (1, 2));
+    let theirs = c2
+        .object(
+            "networking.istio.io",
+            "destinationrules",
+            Some("default"),
+            "multi-cluster-destination-rule",
+        )
+        .unwrap();
+    assert_eq!(theirs["spec"]["host"], "theirs.example.com");
+    assert!(theirs
+        .pointer("/metadata/labels/app.kubernetes.io~1managed-by")
+        .is_none());
+    controller.abort();
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let Some(s) = setup(true).await else { return };
+    let (c1, c2) = (&s.members[0], &s.members[1]);
+    for m in [c1, c2] {
+        m.faults().set_latency(Duration::from_millis(150));
+    }
+    let first = tokio::spawn(run_async(args(&s, "first")));
+    // Kill it once the first objects landed but before everything did.
+    wait_for("apply under way", Duration::from_secs(20), || {
+        c1.objects("networking.istio.io", "gateways").len()
+            + c2.objects("networking.istio.io", "gateways").len()
+            > 0
+    })
+    .await;
+    first.abort();
+    let _ = first.await;
+    let partial = wasm_plugin(c1).is_some()
+        && wasm_plugin(c2).is_some()
+        && c1.objects("networking.istio.io", "virtualservices").len() >= 2;
+    for m in [c1, c2] {
+        m.faults().set_latency(Duration::ZERO);
+    }
+    let second = tokio::spawn(run_async(args(&s, "second")));
+    wait_for(
+        "the next instance converges",
+        Duration::from_secs(25),
+        || {
+            [c1, c2].iter().all(|m| {
+                wasm_plugin(m).is_some()
+                    && m.objects("networking.istio.io", "virtualservices").len() == 2
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for m in [c1, c2] {
+        m.reset_stats();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // a resync
+    for m in [c1, c2] {
+        assert_eq!(
+            m.stats().writes,
+            0,
+            "{}: spurious writes after converging",
+            m.name()
+        );
+        assert_eq!(owned_counts(m), (1, 2), "{}: duplicates", m.name());
+    }
+    eprintln!(
+        "killed with the first instance's apply {} complete",
+        if partial { "already" } else { "not yet" }
+    );
+    second.abort();
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
