@@ -5,7 +5,7 @@ ENVOY_VERSIONS ?= 1.40.0 1.36.4
 WASM := target/wasm32-wasip1/release/ksit_filter.wasm
 export KSIT_ENVOY_VERSIONS ?= $(shell echo $(ENVOY_VERSIONS) | tr ' ' ',')
 
-.PHONY: all setup rust-targets envoy wasm build lint test test-real-cluster-on-emulator demo oci generate clean help
+.PHONY: all setup rust-targets envoy wasm build lint test test-real-cluster-on-emulator demo oci fuzz generate clean help
 
 all: build
 
@@ -56,6 +56,17 @@ test-real-cluster-on-emulator:
 # The filter as an OCI image layout in Istio's Wasm image format (push it with oras or skopeo).
 oci: wasm
 	python3 scripts/oci-pack.py $(WASM) target/oci/ksit-filter $$(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
+
+# Fuzz the config parser/validator/compiler and the decision path (cargo-fuzz, nightly) for FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	@for t in config decide; do \
+	  mkdir -p fuzz/corpus/$$t && cp -n fuzz/seeds/$$t/* fuzz/corpus/$$t/ ; \
+	  (cd fuzz && cargo +nightly fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) 2>&1 | grep -E "^Done|ERROR|panicked|crash" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 generate:
 	KSIT_REGENERATE=1 $(CARGO) test -q -p ksit-policy --test validation schema_is_generated_and_checked_in
