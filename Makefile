@@ -5,7 +5,7 @@ ENVOY_VERSIONS ?= 1.40.0 1.36.4
 WASM := target/wasm32-wasip1/release/ksit_filter.wasm
 export KSIT_ENVOY_VERSIONS ?= $(shell echo $(ENVOY_VERSIONS) | tr ' ' ',')
 
-.PHONY: all setup rust-targets envoy wasm build lint test test-real-cluster-on-emulator demo oci fuzz generate clean help
+.PHONY: all setup rust-targets envoy wasm wasm-trap build lint test test-real-cluster-on-emulator demo oci fuzz generate clean help
 
 all: build
 
@@ -26,6 +26,10 @@ envoy:
 wasm: rust-targets
 	$(CARGO) build --release --target wasm32-wasip1 -p ksit-filter
 
+# A test-only variant that traps on demand (feature test-trap), for the failStrategy tests.
+wasm-trap: rust-targets
+	$(CARGO) build --release --target wasm32-wasip1 -p ksit-filter --features test-trap --target-dir target/trap
+
 build: wasm
 	$(CARGO) build --workspace
 
@@ -34,7 +38,7 @@ lint: rust-targets
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p ksit-policy -p ksit-filter --target wasm32-wasip1 -- -D warnings
 
-test: setup wasm lint
+test: setup wasm wasm-trap lint
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@set -o pipefail; $(MAKE) --no-print-directory test-real-cluster-on-emulator 2>&1 | tee -a target/test-output.log
 	@echo "running the demo (debug build) to keep make demo working:" && target/debug/ksit-demo > target/demo-output.log 2>&1 || { cat target/demo-output.log; exit 1; }

@@ -228,6 +228,10 @@ impl HttpContext for Http {
         };
         let mut pairs = Vec::with_capacity(num_headers);
         header_map::parse(&buf, &mut pairs);
+        #[cfg(feature = "test-trap")]
+        if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
+            core::arch::wasm32::unreachable();
+        }
         let spoofed = pairs
             .iter()
             .any(|(n, _)| *n == DESTINATION_HEADER.as_bytes());
