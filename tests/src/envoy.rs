@@ -245,10 +245,15 @@ pub struct Envoy {
 
 impl Envoy {
     pub async fn start(cfg: &EnvoyConfig) -> anyhow::Result<Envoy> {
+        Self::start_with(cfg, |_| {}).await
+    }
+
+    /// Starts with the bootstrap changed by `edit` first (e.g. to load the filter through ECDS).
+    pub async fn start_with(cfg: &EnvoyConfig, edit: impl Fn(&mut Value)) -> anyhow::Result<Envoy> {
         let mut last = None;
         // Ports are picked free, then bound by Envoy: retry on the rare race with another process.
         for _ in 0..3 {
-            match Self::try_start(cfg).await {
+            match Self::try_start(cfg, &edit).await {
                 Ok(e) => return Ok(e),
                 Err(e) => last = Some(e),
             }
@@ -256,11 +261,13 @@ impl Envoy {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("envoy did not start")))
     }
 
-    async fn try_start(cfg: &EnvoyConfig) -> anyhow::Result<Envoy> {
+    async fn try_start(cfg: &EnvoyConfig, edit: &impl Fn(&mut Value)) -> anyhow::Result<Envoy> {
         let dir = tempdir()?;
         let (admin_port, listener_port) = (free_port()?, free_port()?);
         let path = dir.join("envoy.json");
-        std::fs::write(&path, cfg.bootstrap(admin_port, listener_port).to_string())?;
+        let mut bootstrap = cfg.bootstrap(admin_port, listener_port);
+        edit(&mut bootstrap);
+        std::fs::write(&path, bootstrap.to_string())?;
         let log = std::fs::File::create(dir.join("envoy.log"))?;
         let child = Command::new(envoy_binary(&cfg.version)?)
             .arg("-c")
