@@ -5,6 +5,44 @@
 
 mod common;
 use common::*;
+use std::sync::Mutex;
+
+/// Every log line the controller writes in this test binary, to check no Secret content is ever logged.
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Debug
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if let Ok(mut l) = LOGS.lock() {
+            l.push(format!("{} {} {}", r.level(), r.target(), r.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    if log::set_logger(&Capture).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
+
+fn assert_no_secrets_logged() {
+    let logs = LOGS.lock().unwrap();
+    assert!(
+        logs.len() > 10,
+        "the controller logged almost nothing: {logs:?}"
+    );
+    for l in logs.iter() {
+        assert!(
+            !l.contains("emulator-token") && !l.contains("kind: Config"),
+            "kubeconfig content in a log line: {l}"
+        );
+    }
+}
 
 fn it_status(hub: &Emulator, cluster: &str) -> Option<Value> {
     hub.object(
@@ -32,7 +70,7 @@ fn owned_counts(m: &Emulator) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts() {
-    let _ = env_logger::builder().is_test(true).try_init();
+    capture_logs();
     let Some(s) = setup(true).await else { return };
     let (c1, c2) = (&s.members[0], &s.members[1]);
     let controller = tokio::spawn(run_async(args(&s, "faulty")));
@@ -148,7 +186,7 @@ async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() {
-    let _ = env_logger::builder().is_test(true).try_init();
+    capture_logs();
     let Some(s) = setup(true).await else { return };
     let (c1, c2) = (&s.members[0], &s.members[1]);
     for m in [c1, c2] {

@@ -195,3 +195,49 @@ fn dashboard_queries_name_real_metrics() {
         assert!(known, "the dashboard queries {n}, which nothing exports");
     }
 }
+
+#[test]
+fn the_controller_runs_locked_down() {
+    let text = std::fs::read_to_string(repo().join("manifests/install/deployment.yaml")).unwrap();
+    let d: Value = serde_yaml::from_str(&text).unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        c["resources"]["requests"]["memory"].is_string()
+            && c["resources"]["requests"]["cpu"].is_string()
+    );
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--target-namespace=ksit-system"),
+        "kubeconfig Secrets read only in ksit-system"
+    );
+    // The hub Role grants Secret reads in ksit-system only; no ClusterRole grants Secrets.
+    let rbac = std::fs::read_to_string(repo().join("manifests/install/rbac.yaml")).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&rbac) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == "ClusterRole" {
+            for r in v["rules"].as_array().unwrap() {
+                assert!(
+                    !r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == "secrets"),
+                    "a ClusterRole must not grant Secrets"
+                );
+                assert!(
+                    !r["verbs"].as_array().unwrap().iter().any(|x| x == "*"),
+                    "no wildcard verbs"
+                );
+            }
+        }
+    }
+}
