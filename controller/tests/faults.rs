@@ -181,6 +181,8 @@ async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts
         .pointer("/metadata/labels/app.kubernetes.io~1managed-by")
         .is_none());
     controller.abort();
+    // Through every failure above (bad connections, timeouts, restarts), no log line carried a kubeconfig.
+    assert_no_secrets_logged();
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
