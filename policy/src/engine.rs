@@ -45,6 +45,26 @@ pub struct Engine {
 pub struct CompiledPolicy {
     pub name: String,
     pub rules: Vec<CompiledRule>,
+    /// For large policies: the rules a path can match (see `index`).
+    index: Option<crate::index::RuleIndex>,
+}
+
+impl CompiledPolicy {
+    /// The first rule that matches `req`.
+    fn first_match(&self, req: &Request<'_>) -> Option<&CompiledRule> {
+        let matches = |r: &CompiledRule| r.matches_request(req);
+        match &self.index {
+            None => self.rules.iter().find(|r| matches(r)),
+            Some(ix) => {
+                let mut candidates = Vec::new();
+                ix.candidates(req.path_only(), &mut candidates);
+                candidates
+                    .iter()
+                    .filter_map(|i| self.rules.get(*i as usize))
+                    .find(|r| matches(r))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -363,6 +383,7 @@ impl Engine {
             engine.policies.push(CompiledPolicy {
                 name: p.name.clone(),
                 rules,
+                index: crate::index::RuleIndex::build(&spec.http),
             });
         }
         if engine.max_active_faults == u32::MAX {
@@ -562,11 +583,7 @@ impl Engine {
         let Some(policy) = self.policy_for(req.host()) else {
             return Decision::none();
         };
-        let Some(rule) = policy
-            .rules
-            .iter()
-            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req)))
-        else {
+        let Some(rule) = policy.first_match(req) else {
             return Decision {
                 policy: Some(policy),
                 ..Decision::none()
@@ -628,6 +645,11 @@ impl Engine {
 }
 
 impl CompiledRule {
+    /// Whether this rule's conditions hold for `req` (no match list: always).
+    pub fn matches_request(&self, req: &Request<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
     /// Each destination's bucket range `[start, end)` out of 10,000.
     pub fn bucket_ranges(&self) -> Vec<(u32, u32)> {
         let mut start = 0;

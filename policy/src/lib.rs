@@ -7,6 +7,7 @@ pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod hash;
+pub mod index;
 pub mod request;
 pub mod spec;
 pub mod validate;

@@ -60,3 +60,42 @@ proptest! {
         for e in errs { prop_assert!(e.starts_with("spec.http[0].route"), "{}", e); }
     }
 }
+
+/// A random rule: uri prefix, exact, regex, header-only or ignore-case, so indexed and unindexed rules mix.
+fn rule(kind: u8, seg: u8) -> serde_json::Value {
+    let p = format!("/s{}", seg % 7);
+    let m = match kind % 5 {
+        0 => json!({"uri": {"prefix": p}}),
+        1 => json!({"uri": {"exact": format!("{p}/x")}}),
+        2 => json!({"uri": {"regex": format!("{p}/[a-z]+")}}),
+        3 => json!({"headers": {"x-h": {"exact": format!("{}", seg % 3)}}}),
+        _ => json!({"uri": {"prefix": p.to_uppercase()}, "ignoreUriCase": true}),
+    };
+    json!({"match": [m], "route": [{"destination": {"host": format!("d{seg}")}}]})
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The rule index (large policies) picks exactly the rule a first-match scan picks.
+    #[test]
+    fn indexed_lookup_equals_first_match_scan(kinds in prop::collection::vec((any::<u8>(), any::<u8>()), 32..80),
+                                              paths in prop::collection::vec((0u8..8, prop::sample::select(vec!["", "/x", "/abc", "/X", "x", "/x/y"]), any::<bool>(), 0u8..4), 30)) {
+        let http: Vec<_> = kinds.iter().map(|(k, s)| rule(*k, *s)).collect();
+        let e = engine(json!({"hosts": ["h"], "http": http}));
+        let policy = &e.policies()[0];
+        let mut matched = 0;
+        for (seg, tail, upper, h) in &paths {
+            let path = format!("/s{seg}{tail}");
+            let path = if *upper { path.to_uppercase() } else { path };
+            let hv = h.to_string();
+            let hdrs: Vec<(&[u8], &[u8])> = vec![(b":path", path.as_bytes()), (b":authority", b"h"), (b"x-h", hv.as_bytes())];
+            let req = ksit_policy::Request::new(&hdrs);
+            let got = e.decide(&req, 0).rule.map(|r| r.index);
+            let want = policy.rules.iter().find(|r| r.matches_request(&req)).map(|r| r.index);
+            prop_assert_eq!(got, want, "path {:?} x-h {}", path, h);
+            matched += usize::from(got.is_some());
+        }
+        prop_assert!(matched > 0, "no path matched any rule: the property would test nothing");
+    }
+}
