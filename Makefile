@@ -25,10 +25,13 @@ envoy:
 
 wasm: rust-targets
 	$(CARGO) build --release --target wasm32-wasip1 -p ksit-filter
+	@# Post-link: keep only the callbacks the filter uses (Envoy calls every exported one).
+	@$(CARGO) run -q -p ksit-wasm-exports -- strip $(WASM) $(WASM)
 
 # A test-only variant that traps on demand (feature test-trap), for the failStrategy tests.
 wasm-trap: rust-targets
 	$(CARGO) build --release --target wasm32-wasip1 -p ksit-filter --features test-trap --target-dir target/trap
+	@$(CARGO) run -q -p ksit-wasm-exports -- strip target/trap/wasm32-wasip1/release/ksit_filter.wasm target/trap/wasm32-wasip1/release/ksit_filter.wasm
 
 build: wasm
 	$(CARGO) build --workspace
