@@ -42,7 +42,8 @@ pub struct ControllerArgs {
         value_delimiter = ','
     )]
     pub target_namespaces: Vec<String>,
-    /// KubeStellar owns BindingPolicies here: do not distribute by them (status only for TrafficPolicies).
+    /// KubeStellar owns BindingPolicies here: it copies the selected objects and reports on the bindings;
+    /// ksit only renders each bound TrafficPolicy's WasmPlugin and VirtualService per cluster.
     #[arg(long)]
     pub kubestellar_owns_bindings: bool,
     /// Full resync of every cluster this often, even without changes.
@@ -209,12 +210,11 @@ async fn lead(
             poke_tx.clone(),
         ),
     ];
-    if !args.kubestellar_owns_bindings {
-        fixed.push(poke_on_change(
-            Api::<BindingPolicy>::all(client.clone()),
-            poke_tx.clone(),
-        ));
-    }
+    // Bindings decide where TrafficPolicies go, whoever copies the other objects.
+    fixed.push(poke_on_change(
+        Api::<BindingPolicy>::all(client.clone()),
+        poke_tx.clone(),
+    ));
     let _guard = AbortOnDrop::tasks(fixed);
     let mut dynamic: BTreeMap<desired::ResourceKind, JoinHandle<()>> = BTreeMap::new();
     let mut dynamic_guard = AbortOnDrop(Vec::new());

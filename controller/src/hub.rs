@@ -23,6 +23,8 @@ pub struct HubState {
     pub retain: BTreeSet<ObjectKey>,
     /// Problems with BindingPolicies (by name), e.g. a clause ksit cannot evaluate.
     pub binding_errors: BTreeMap<String, Vec<String>>,
+    /// False when KubeStellar owns BindingPolicies (it copies objects and reports their status).
+    pub standalone: bool,
     /// Every kind any binding names, plus the kinds ksit renders: where stale objects are looked for.
     pub prune_kinds: BTreeSet<ResourceKind>,
 }
@@ -172,15 +174,13 @@ impl HubReader {
             }
         }
         targets.sort_by(|a, b| a.spec.cluster_name.cmp(&b.spec.cluster_name));
-        let bindings = if self.standalone {
-            Api::<BindingPolicy>::all(c.clone())
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| hub_err("BindingPolicies", e))?
-                .items
-        } else {
-            vec![]
-        };
+        // BindingPolicies always decide where TrafficPolicies are rendered; when KubeStellar owns them it
+        // also copies the selected objects, so ksit copies nothing and writes no BindingPolicy status.
+        let bindings = Api::<BindingPolicy>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| hub_err("BindingPolicies", e))?
+            .items;
         let tps = Api::<TrafficPolicy>::all(c.clone())
             .list(&ListParams::default())
             .await
@@ -198,6 +198,7 @@ impl HubReader {
             .items;
 
         let mut state = HubState {
+            standalone: self.standalone,
             targets: targets.clone(),
             integrations,
             traffic_policies: tps.clone(),
@@ -224,7 +225,8 @@ impl HubReader {
 
         // The kinds the bindings name, resolved through discovery, then their objects.
         let mut kinds: BTreeSet<ResourceKind> = BTreeSet::new();
-        for b in &bindings {
+        let copying = self.standalone;
+        for b in bindings.iter().filter(|_| copying) {
             let bname = b.name_any();
             for (i, clause) in b.spec.downsync.iter().enumerate() {
                 let Some(group) = &clause.api_group else {

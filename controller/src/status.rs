@@ -500,7 +500,7 @@ impl StatusWriter {
 
     /// Publishes statuses for everything in `v`.
     pub async fn write_all(&mut self, v: &View<'_>) {
-        for b in &v.state.hub.bindings {
+        for b in v.state.hub.bindings.iter().filter(|_| v.state.standalone) {
             let s = binding_status(v, b);
             self.write(
                 Api::<BindingPolicy>::all(self.client.clone()),

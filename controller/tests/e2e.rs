@@ -596,3 +596,62 @@ fn assert_calls_allowed(e: &Emulator, file: &str) {
     }
     assert!(!used.is_empty(), "{} saw no requests", e.name());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_kubestellar_owns_bindings_ksit_only_renders_traffic_policies() {
+    let Some(s) = setup(true).await else { return };
+    let (c1, c3) = (&s.members[0], &s.members[2]);
+    let mut a = args(&s, "ks");
+    a.kubestellar_owns_bindings = true;
+    let controller = tokio::spawn(run_async(a));
+    wait_for("WasmPlugin on cluster1", Duration::from_secs(15), || {
+        wasm_plugin(c1).is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c1
+        .object(
+            "networking.istio.io",
+            "virtualservices",
+            Some("default"),
+            "ksit-myapp"
+        )
+        .is_some());
+    // KubeStellar copies the Istio objects: ksit does not.
+    assert!(c1
+        .object(
+            "networking.istio.io",
+            "virtualservices",
+            Some("default"),
+            "multi-cluster-virtualservice"
+        )
+        .is_none());
+    assert!(c1.objects("networking.istio.io", "gateways").is_empty());
+    assert!(wasm_plugin(c3).is_none(), "cluster3 is still not selected");
+    // And KubeStellar reports on its bindings; ksit writes no status there.
+    let bp = s
+        .hub
+        .object(
+            "control.kubestellar.io",
+            "bindingpolicies",
+            None,
+            "istio-mesh-binding",
+        )
+        .unwrap();
+    assert!(bp.get("status").is_none(), "{bp}");
+    let tp = s
+        .hub
+        .object("ksit.io", "trafficpolicies", Some("default"), "myapp");
+    wait_for(
+        "TrafficPolicy status still written",
+        Duration::from_secs(5),
+        || {
+            s.hub
+                .object("ksit.io", "trafficpolicies", Some("default"), "myapp")
+                .is_some_and(|t| t.pointer("/status/readyClusters") == Some(&json!(2)))
+        },
+    )
+    .await;
+    controller.abort();
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
