@@ -639,9 +639,6 @@ async fn where_kubestellar_owns_bindings_ksit_only_renders_traffic_policies() {
         )
         .unwrap();
     assert!(bp.get("status").is_none(), "{bp}");
-    let tp = s
-        .hub
-        .object("ksit.io", "trafficpolicies", Some("default"), "myapp");
     wait_for(
         "TrafficPolicy status still written",
         Duration::from_secs(5),
