@@ -166,13 +166,26 @@ fn is_cluster_wide(e: &Error) -> bool {
     )
 }
 
+#[derive(Default)]
+struct KindCache {
+    /// The watch has listed everything and is following changes.
+    ready: bool,
+    objects: BTreeMap<(Option<String>, String), DynamicObject>,
+}
+
 pub struct Worker {
     cfg: WorkerConfig,
     client: Option<(u64, Client)>,
+    /// When the kubeconfig Secret was last read: it is read again on errors and once per resync, not on
+    /// every pass (a change to a hundred clusters would otherwise mean a hundred Secret reads on the hub).
+    secret_read: Option<Instant>,
     /// Kinds known to exist in the cluster, per apiVersion.
     discovered: BTreeMap<String, Option<BTreeSet<String>>>,
     watched: BTreeSet<ResourceKind>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// What the drift watches see of ksit's objects, per kind (group, plural): a reconcile compares against
+    /// it instead of reading every object again. Objects ksit does not own are not in it and are always read.
+    cache: Arc<std::sync::Mutex<BTreeMap<(String, String), KindCache>>>,
     drift_tx: mpsc::Sender<()>,
     drift_rx: mpsc::Receiver<()>,
 }
@@ -182,10 +195,12 @@ impl Worker {
         let (drift_tx, drift_rx) = mpsc::channel(1);
         Worker {
             cfg,
+            secret_read: None,
             client: None,
             discovered: BTreeMap::new(),
             watched: BTreeSet::new(),
             watchers: vec![],
+            cache: Default::default(),
             drift_tx,
             drift_rx,
         }
@@ -256,6 +271,12 @@ impl Worker {
     }
 
     async fn connect(&mut self) -> Result<Client, Error> {
+        if let (Some((_, c)), Some(at)) = (&self.client, self.secret_read) {
+            if at.elapsed() < self.cfg.resync {
+                return Ok(c.clone());
+            }
+        }
+        self.secret_read = Some(Instant::now());
         let cluster = self.cfg.cluster.clone();
         let secrets: Api<Secret> =
             Api::namespaced(self.cfg.hub.clone(), &self.cfg.secret_namespace);
@@ -387,30 +408,82 @@ impl Worker {
         for w in self.watchers.drain(..) {
             w.abort();
         }
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
         self.watched = kinds.clone();
         for k in kinds {
             let api = api_for(client, &k, None);
             let tx = self.drift_tx.clone();
+            let cache = self.cache.clone();
             let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
             self.watchers.push(tokio::spawn(async move {
+                use kube::runtime::watcher::Event;
                 let cfg = kube::runtime::watcher::Config::default().labels(&selector);
                 let mut stream = kube::runtime::watcher(api, cfg).boxed();
+                let id = (k.group.clone(), k.plural.clone());
+                let key = |o: &DynamicObject| {
+                    (
+                        o.metadata.namespace.clone().filter(|_| k.namespaced),
+                        o.metadata.name.clone().unwrap_or_default(),
+                    )
+                };
                 let mut initialised = false;
                 while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(kube::runtime::watcher::Event::InitDone) => initialised = true,
-                        Ok(
-                            kube::runtime::watcher::Event::Apply(_)
-                            | kube::runtime::watcher::Event::Delete(_),
-                        ) if initialised => {
-                            let _ = tx.try_send(());
+                    // Update the cache under the lock; poke and sleep after it is released.
+                    let (changed, failed) = {
+                        let Ok(mut c) = cache.lock() else { return };
+                        let kind = c.entry(id.clone()).or_default();
+                        match ev {
+                            Ok(Event::Init) => {
+                                kind.ready = false;
+                                kind.objects.clear();
+                                (false, false)
+                            }
+                            Ok(Event::InitApply(o)) => {
+                                kind.objects.insert(key(&o), o);
+                                (false, false)
+                            }
+                            Ok(Event::InitDone) => {
+                                kind.ready = true;
+                                initialised = true;
+                                (false, false)
+                            }
+                            Ok(Event::Apply(o)) => {
+                                kind.objects.insert(key(&o), o);
+                                (true, false)
+                            }
+                            Ok(Event::Delete(o)) => {
+                                kind.objects.remove(&key(&o));
+                                (true, false)
+                            }
+                            Err(_) => {
+                                kind.ready = false;
+                                (false, true)
+                            }
                         }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    };
+                    if changed && initialised {
+                        let _ = tx.try_send(());
+                    }
+                    if failed {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }));
         }
+    }
+
+    /// The object as the drift watch last saw it, when that watch is in sync; None means "ask the cluster".
+    fn cached(&self, obj: &DesiredObject) -> Option<DynamicObject> {
+        let c = self.cache.lock().ok()?;
+        let kind = c.get(&(obj.kind.group.clone(), obj.kind.plural.clone()))?;
+        if !kind.ready {
+            return None;
+        }
+        kind.objects
+            .get(&(obj.namespace.clone(), obj.name.clone()))
+            .cloned()
     }
 
     async fn reconcile(&mut self, plan: &ClusterPlan) -> ClusterReport {
@@ -502,16 +575,25 @@ impl Worker {
             let api = api_for(client, kind, None);
             let lp =
                 ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-            let list = match timed(&cluster, self.cfg.timeout, api.list(&lp)).await {
-                Ok(l) => l,
-                Err(e) if is_cluster_wide(&e) => return Err(e),
-                Err(e) => {
-                    self.count_error(&e);
-                    log::warn!("{cluster}: listing {} to prune: {e}", kind.plural);
-                    continue;
-                }
+            // The drift watch's view when it is in sync, else a list.
+            let seen: Option<Vec<DynamicObject>> = self.cache.lock().ok().and_then(|c| {
+                c.get(&(kind.group.clone(), kind.plural.clone()))
+                    .filter(|k| k.ready)
+                    .map(|k| k.objects.values().cloned().collect())
+            });
+            let items = match seen {
+                Some(items) => items,
+                None => match timed(&cluster, self.cfg.timeout, api.list(&lp)).await {
+                    Ok(l) => l.items,
+                    Err(e) if is_cluster_wide(&e) => return Err(e),
+                    Err(e) => {
+                        self.count_error(&e);
+                        log::warn!("{cluster}: listing {} to prune: {e}", kind.plural);
+                        continue;
+                    }
+                },
             };
-            for live in list.items {
+            for live in items {
                 let key = ObjectKey {
                     kind: kind.clone(),
                     namespace: live.metadata.namespace.clone().filter(|_| kind.namespaced),
@@ -568,7 +650,10 @@ impl Worker {
             });
         }
         let api = api_for(client, &obj.kind, obj.namespace.as_deref());
-        let live = timed(&cluster, self.cfg.timeout, api.get_opt(&obj.name)).await?;
+        let live = match self.cached(obj) {
+            Some(seen) => Some(seen),
+            None => timed(&cluster, self.cfg.timeout, api.get_opt(&obj.name)).await?,
+        };
         if let Some(live) = &live {
             if obj.create_only {
                 return Ok(()); // exists: createOnly objects (and namespaces) are never updated
@@ -584,7 +669,7 @@ impl Worker {
                 return Ok(()); // already as desired: no write
             }
         }
-        timed(
+        let applied = timed(
             &cluster,
             self.cfg.timeout,
             api.patch(&obj.name, pp, &Patch::Apply(&obj.manifest)),
@@ -597,6 +682,13 @@ impl Worker {
             },
             other => other,
         })?;
+        // The next pass must not compare against what the watch has not delivered yet.
+        if let Ok(mut c) = self.cache.lock() {
+            if let Some(kind) = c.get_mut(&(obj.kind.group.clone(), obj.kind.plural.clone())) {
+                kind.objects
+                    .insert((obj.namespace.clone(), obj.name.clone()), applied);
+            }
+        }
         report.writes += 1;
         self.cfg
             .metrics
