@@ -116,13 +116,20 @@ async fn controller_binds_renders_applies_prunes_and_reports() {
         },
     )
     .await;
-    let it = s.hub.object(
-        "ksit.io",
-        "integrationtargets",
-        Some("ksit-system"),
-        "cluster1",
-    );
-    assert_eq!(status(&it, "/status/ready"), Some(&json!(true)));
+    wait_for(
+        "cluster1's IntegrationTarget ready",
+        Duration::from_secs(10),
+        || {
+            let it = s.hub.object(
+                "ksit.io",
+                "integrationtargets",
+                Some("ksit-system"),
+                "cluster1",
+            );
+            status(&it, "/status/ready") == Some(&json!(true))
+        },
+    )
+    .await;
     wait_for(
         "Integration reports Istio health per cluster",
         Duration::from_secs(10),
