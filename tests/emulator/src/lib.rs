@@ -2,6 +2,7 @@
 //! 127.0.0.1, so the controller's tests can run where no API server can be installed. One instance per
 //! cluster. See README.md for what it implements and how it differs from a real API server.
 
+pub mod fields;
 pub mod store;
 
 use bytes::Bytes;
@@ -15,12 +16,40 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use store::{selector_matches, ApiError, Store};
 use tokio::sync::{broadcast, watch};
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// What can go wrong when starting an emulator or loading definitions into it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("emulator I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("emulator: invalid YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// Refused as the API would refuse it (the message is the Status message).
+    #[error("emulator: {code} {reason}: {message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("emulator: {0}")]
+    Other(String),
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Error::Api {
+            code: e.code,
+            reason: e.reason.to_string(),
+            message: e.message,
+        }
+    }
+}
 
 /// One API request as the emulator saw it (for comparing a client's calls with its RBAC).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,13 +66,16 @@ pub struct RequestRecord {
 pub struct Stats {
     /// Mutating requests received (POST, PUT, PATCH, DELETE), whatever their effect.
     pub writes: u64,
-    /// Writes that changed an object (a no-op apply is a write but not a change).
+    /// Objects that requests changed (whose resourceVersion moved: created, modified or deleted). A
+    /// no-op apply is a write but no change; deleting a namespace changes every object in it.
     pub changes: u64,
     /// Writes by verb (create, update, patch, delete).
     pub by_verb: BTreeMap<String, u64>,
+    /// Effective changes by the verb of the request that made them.
+    pub changes_by_verb: BTreeMap<String, u64>,
 }
 
-/// Failures the emulator can be told to produce.
+/// Failures the emulator can be told to produce (see [`Emulator::faults`]).
 #[derive(Default)]
 pub struct Faults {
     error_permille: AtomicU64,
@@ -51,6 +83,7 @@ pub struct Faults {
     rng: AtomicU64,
     drop_watches: Option<broadcast::Sender<()>>,
     down: Option<watch::Sender<bool>>,
+    emulator: Weak<Inner>,
 }
 
 impl Faults {
@@ -70,10 +103,26 @@ impl Faults {
             let _ = tx.send(());
         }
     }
-    /// Down: the port refuses connections and open ones are closed. Up: serves again on the same port.
+    /// Down: the port refuses connections and open ones (watches included) are closed. Up: serves again
+    /// on the same port, with everything it stored.
     pub fn set_down(&self, down: bool) {
         if let Some(tx) = &self.down {
             let _ = tx.send(down);
+        }
+    }
+    /// Whether the emulator is down (see [`Faults::set_down`]).
+    pub fn is_down(&self) -> bool {
+        self.down.as_ref().is_some_and(|d| *d.borrow())
+    }
+    /// Restarts the error-rate generator from `seed` (the same seed gives the same failures).
+    pub fn set_seed(&self, seed: u64) {
+        self.rng.store(seed | 1, Ordering::Relaxed);
+    }
+    /// Deletes every object (kinds, i.e. CRDs, stay): a member that comes back empty. Watchers see the
+    /// deletions. Same as [`Emulator::wipe`].
+    pub fn wipe(&self) {
+        if let Some(inner) = self.emulator.upgrade() {
+            inner.wipe();
         }
     }
     fn roll_error(&self) -> bool {
@@ -99,11 +148,44 @@ struct Inner {
     stats: Mutex<Stats>,
     log: Mutex<Vec<RequestRecord>>,
     stopped: AtomicBool,
+    /// How often a watch that allows bookmarks gets one, in milliseconds.
+    bookmark_ms: AtomicU64,
 }
+
+/// Seed of the error-rate generator (see [`Faults::set_seed`]).
+pub const DEFAULT_SEED: u64 = 0x2545_f491_4f6c_dd1d;
+/// Default interval of BOOKMARK events (a real server sends one about every minute).
+pub const DEFAULT_BOOKMARK_MS: u64 = 5_000;
 
 impl Inner {
     fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a store operation and publishes the events it made to watchers;
+    /// returns its result and how many objects changed.
+    fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> (T, u64) {
+        let mut s = self.store();
+        let before = s.rv;
+        let r = f(&mut s);
+        let events: Vec<store::Event> = s
+            .history
+            .iter()
+            .rev()
+            .take_while(|e| e.rv > before)
+            .cloned()
+            .collect();
+        let n = events.len() as u64;
+        // Published under the lock (sending does not block), so every watch sees resourceVersion order.
+        for e in events.into_iter().rev() {
+            let _ = self.events.send(e);
+        }
+        drop(s);
+        (r, n)
+    }
+
+    fn wipe(&self) {
+        self.write(|s| s.wipe());
     }
 }
 
@@ -116,30 +198,32 @@ pub struct Emulator {
 
 impl Emulator {
     /// Starts on a free port of 127.0.0.1.
-    pub async fn start(name: &str) -> anyhow::Result<Emulator> {
+    pub async fn start(name: &str) -> Result<Emulator, Error> {
         Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    pub async fn start_on(name: &str, addr: SocketAddr) -> anyhow::Result<Emulator> {
+    /// Starts on `addr` (port 0: a free one).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Result<Emulator, Error> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(8192);
         let (drop_tx, _) = broadcast::channel(4);
         let (down_tx, down_rx) = watch::channel(false);
-        let faults = Faults {
-            drop_watches: Some(drop_tx),
-            down: Some(down_tx),
-            rng: AtomicU64::new(0x2545_f491_4f6c_dd1d),
-            ..Default::default()
-        };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|weak| Inner {
             name: name.into(),
             store: Mutex::new(Store::new()),
             events,
-            faults,
+            faults: Faults {
+                drop_watches: Some(drop_tx),
+                down: Some(down_tx),
+                rng: AtomicU64::new(DEFAULT_SEED),
+                emulator: weak.clone(),
+                ..Default::default()
+            },
             stats: Mutex::new(Stats::default()),
             log: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            bookmark_ms: AtomicU64::new(DEFAULT_BOOKMARK_MS),
         });
         tokio::spawn(serve(inner.clone(), listener, addr, down_rx));
         Ok(Emulator { inner, addr })
@@ -168,44 +252,39 @@ impl Emulator {
         std::fs::write(path, self.kubeconfig())
     }
 
-    /// Registers every CustomResourceDefinition in a (multi-document) YAML text.
-    pub fn load_crds_yaml(&self, yaml: &str) -> anyhow::Result<usize> {
-        let mut n = 0;
+    /// Registers every CustomResourceDefinition in a (multi-document) YAML text, as if created through the
+    /// API (a CRD already registered under that name is left as it is). Other documents are ignored.
+    /// Returns how many CRDs the text had.
+    pub fn load_crds_yaml(&self, yaml: &str) -> Result<usize, Error> {
+        let mut crds = Vec::new();
         for de in serde_yaml::Deserializer::from_str(yaml) {
             let v: Value = serde::Deserialize::deserialize(de)?;
             if v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
-                let mut s = self.inner.store();
+                crds.push(v);
+            }
+        }
+        let n = crds.len();
+        let (r, _) = self.inner.write(|s| -> Result<(), ApiError> {
+            for v in crds {
                 let name = v
                     .pointer("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string();
-                if s.get(
-                    "apiextensions.k8s.io",
-                    "customresourcedefinitions",
-                    None,
-                    &name,
-                )
-                .is_err()
-                {
-                    s.create(
-                        "apiextensions.k8s.io",
-                        "customresourcedefinitions",
-                        None,
-                        v,
-                        "emulator",
-                    )
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                if s.get(CRD_GROUP, CRDS, None, &name).is_err() {
+                    s.create(CRD_GROUP, CRDS, None, v, "emulator")?;
                 }
-                n += 1;
             }
-        }
+            Ok(())
+        });
+        r?;
         Ok(n)
     }
 
     /// Registers Istio's kinds: the real CRDs from ../shared/schemas when present, else minimal stand-ins
-    /// (crds/istio-minimal.yaml: kinds, versions and scope, specs unvalidated). Returns how many were real.
-    pub fn load_istio_crds(&self) -> anyhow::Result<bool> {
+    /// (crds/istio-minimal.yaml: kinds, versions and scope, specs unvalidated). Returns whether they were
+    /// the real ones.
+    pub fn load_istio_crds(&self) -> Result<bool, Error> {
         if self.load_shared_crds()? > 0 {
             return Ok(true);
         }
@@ -213,10 +292,12 @@ impl Emulator {
         Ok(false)
     }
 
-    /// Registers the CRDs of ../shared/schemas (Istio, KSIT, KubeStellar) when that folder exists.
-    pub fn load_shared_crds(&self) -> anyhow::Result<usize> {
-        let dir = shared_schemas();
-        let Some(dir) = dir else { return Ok(0) };
+    /// Registers the CRDs of every `*.yaml` file in ../shared/schemas (Istio, KSIT, KubeStellar) when that
+    /// folder exists (0 when it does not).
+    pub fn load_shared_crds(&self) -> Result<usize, Error> {
+        let Some(dir) = shared_schemas() else {
+            return Ok(0);
+        };
         let mut n = 0;
         let mut files: Vec<_> = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -224,13 +305,14 @@ impl Emulator {
         files.sort();
         for f in files
             .iter()
-            .filter(|f| f.extension().is_some_and(|x| x == "yaml"))
+            .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         {
             n += self.load_crds_yaml(&std::fs::read_to_string(f)?)?;
         }
         Ok(n)
     }
 
+    /// Counters since the start or the last [`Emulator::reset_stats`].
     pub fn stats(&self) -> Stats {
         self.inner
             .stats
@@ -238,6 +320,7 @@ impl Emulator {
             .map(|s| s.clone())
             .unwrap_or_default()
     }
+    /// Zeroes the counters and clears the request log.
     pub fn reset_stats(&self) {
         if let Ok(mut s) = self.inner.stats.lock() {
             *s = Stats::default();
@@ -246,27 +329,38 @@ impl Emulator {
             l.clear();
         }
     }
+    /// Every API request received (discovery aside), oldest first.
     pub fn request_log(&self) -> Vec<RequestRecord> {
         self.inner.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
+    /// Fault injection.
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
     }
-    /// Deletes every object: a member that comes back empty.
+    /// Deletes every object: a member that comes back empty (CRDs stay; `default` and `kube-system` are
+    /// recreated).
     pub fn wipe(&self) {
-        let events: Vec<store::Event> = {
-            let mut s = self.inner.store();
-            let before = s.rv;
-            s.wipe();
-            s.history
-                .iter()
-                .filter(|e| e.rv > before)
-                .cloned()
-                .collect()
-        };
-        for e in events {
-            let _ = self.inner.events.send(e);
+        self.inner.wipe();
+    }
+    /// How many events a watch can resume from before it gets 410 Gone (default [`store::HISTORY`]).
+    pub fn set_history_limit(&self, events: usize) {
+        let mut s = self.inner.store();
+        s.history_limit = events.max(1);
+        while s.history.len() > s.history_limit {
+            if let Some(e) = s.history.pop_front() {
+                s.compacted = e.rv;
+            }
         }
+    }
+    /// How often watches that allow bookmarks get a BOOKMARK (default [`DEFAULT_BOOKMARK_MS`]).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.inner
+            .bookmark_ms
+            .store((every.as_millis() as u64).max(1), Ordering::Relaxed);
+    }
+    /// The current resourceVersion (of the last change).
+    pub fn resource_version(&self) -> u64 {
+        self.inner.store().rv
     }
 
     /// An object as stored (for assertions), or None.
@@ -283,70 +377,56 @@ impl Emulator {
     pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
         self.inner.store().list(group, plural, None)
     }
-    /// Creates or replaces an object directly (test setup), as manager `manager`.
-    pub fn put(&self, object: Value, manager: &str) -> anyhow::Result<Value> {
+    /// Creates or replaces an object directly (test setup), as manager `manager` (operation Update),
+    /// status included. Watchers see it; it counts in no statistic.
+    pub fn put(&self, object: Value, manager: &str) -> Result<Value, Error> {
         let (group, plural, ns, name) = self.locate(&object)?;
-        let mut s = self.inner.store();
-        let before = s.rv;
-        let r = match s.get(&group, &plural, ns.as_deref(), &name) {
-            Ok(_) => s
-                .update(
-                    &group,
-                    &plural,
-                    ns.as_deref(),
-                    &name,
-                    object.clone(),
-                    manager,
-                    false,
-                    false,
-                )
-                .map(|(v, _)| v),
-            Err(_) => s.create(&group, &plural, ns.as_deref(), object.clone(), manager),
-        };
-        let r = r.and_then(|v| {
-            if object.get("status").is_some()
-                && s.kind(&group, &plural).is_ok_and(|k| k.status_subresource)
-            {
-                s.update(
-                    &group,
-                    &plural,
-                    ns.as_deref(),
-                    &name,
-                    object.clone(),
-                    manager,
-                    true,
-                    false,
-                )
-                .map(|(v, _)| v)
-            } else {
-                Ok(v)
-            }
+        let (r, _) = self.inner.write(|s| {
+            let r = match s.get(&group, &plural, ns.as_deref(), &name) {
+                Ok(_) => s
+                    .update(
+                        &group,
+                        &plural,
+                        ns.as_deref(),
+                        &name,
+                        object.clone(),
+                        manager,
+                        false,
+                        false,
+                    )
+                    .map(|(v, _)| v),
+                Err(_) => s.create(&group, &plural, ns.as_deref(), object.clone(), manager),
+            };
+            r.and_then(|v| {
+                if object.get("status").is_some()
+                    && s.kind(&group, &plural).is_ok_and(|k| k.status_subresource)
+                {
+                    s.update(
+                        &group,
+                        &plural,
+                        ns.as_deref(),
+                        &name,
+                        object.clone(),
+                        manager,
+                        true,
+                        false,
+                    )
+                    .map(|(v, _)| v)
+                } else {
+                    Ok(v)
+                }
+            })
         });
-        let events: Vec<store::Event> = s
-            .history
-            .iter()
-            .filter(|e| e.rv > before)
-            .cloned()
-            .collect();
-        drop(s);
-        for e in events {
-            let _ = self.inner.events.send(e);
-        }
-        r.map_err(|e| anyhow::anyhow!("{}", e.message))
+        Ok(r?)
     }
 
     /// Validates an object against its registered kind (CRD schema) without storing it: the unknown fields
     /// the server would drop, or the validation error. Fails for a kind the emulator does not serve.
-    pub fn validate(&self, object: &Value) -> anyhow::Result<Vec<String>> {
+    pub fn validate(&self, object: &Value) -> Result<Vec<String>, Error> {
         let (group, plural, _, _) = self.locate(object)?;
         let s = self.inner.store();
-        let k = s
-            .kind(&group, &plural)
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?
-            .clone();
-        let (_, unknown) = s
-            .validate(&k, object.clone())
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let k = s.kind(&group, &plural)?.clone();
+        let (_, unknown) = s.validate(&k, object.clone())?;
         Ok(unknown)
     }
 
@@ -357,24 +437,14 @@ impl Emulator {
         plural: &str,
         namespace: Option<&str>,
         name: &str,
-    ) -> anyhow::Result<()> {
-        let mut s = self.inner.store();
-        let before = s.rv;
-        let r = s.delete(group, plural, namespace, name).map(|_| ());
-        let events: Vec<store::Event> = s
-            .history
-            .iter()
-            .filter(|e| e.rv > before)
-            .cloned()
-            .collect();
-        drop(s);
-        for e in events {
-            let _ = self.inner.events.send(e);
-        }
-        r.map_err(|e| anyhow::anyhow!("{}", e.message))
+    ) -> Result<(), Error> {
+        let (r, _) = self
+            .inner
+            .write(|s| s.delete(group, plural, namespace, name).map(|_| ()));
+        Ok(r?)
     }
 
-    fn locate(&self, object: &Value) -> anyhow::Result<(String, String, Option<String>, String)> {
+    fn locate(&self, object: &Value) -> Result<(String, String, Option<String>, String), Error> {
         let av = object
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -386,7 +456,7 @@ impl Emulator {
             .kinds
             .values()
             .find(|k| k.group == group && k.kind == kind)
-            .ok_or_else(|| anyhow::anyhow!("unknown kind {av} {kind}"))?;
+            .ok_or_else(|| Error::Other(format!("unknown kind {av} {kind}")))?;
         let ns = object
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
@@ -400,13 +470,16 @@ impl Emulator {
         Ok((group, k.plural.clone(), ns, name))
     }
 
-    /// Stops serving for good.
+    /// Stops serving for good: the port is closed, open connections (watches included) end. Other
+    /// handles to this emulator keep reading its store.
     pub fn shutdown(&self) {
         self.inner.stopped.store(true, Ordering::Relaxed);
         self.inner.faults.set_down(true);
     }
 }
 
+const CRD_GROUP: &str = "apiextensions.k8s.io";
+const CRDS: &str = "customresourcedefinitions";
 /// ../shared/schemas relative to the workspace, when present.
 pub fn shared_schemas() -> Option<std::path::PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/schemas");
@@ -572,38 +645,89 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn discovery(inner: &Inner, path: &str) -> Option<Value> {
+const NOT_FOUND: &str = "the server could not find the requested resource";
+const ALL_VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn group_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// Versions of each group, the preferred (storage) one first.
+fn groups(s: &Store) -> BTreeMap<String, Vec<String>> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in s.kinds.values() {
+        let e = groups.entry(k.group.clone()).or_default();
+        for v in &k.versions {
+            if !e.contains(v) {
+                e.push(v.clone());
+            }
+        }
+    }
+    groups
+}
+
+/// Discovery documents: `/version`, `/api`, `/apis`, `/apis/<group>`, `/api/v1`, `/apis/<group>/<version>`.
+/// With `aggregated` (the client asked for `as=APIGroupDiscoveryList`, apidiscovery.k8s.io/v2), `/api` and
+/// `/apis` answer the aggregated form.
+fn discovery(inner: &Inner, path: &str, aggregated: bool) -> Option<(Value, &'static str)> {
+    const JSON: &str = "application/json";
+    const AGG: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
     let s = inner.store();
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
         .filter(|x| !x.is_empty())
         .collect();
+    let version_entry = |g: &str, v: &str| json!({"groupVersion": group_version(g, v), "version": v});
     match segs.as_slice() {
-        ["version"] => Some(
-            json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-ksit-emulator", "platform": "linux/amd64"}),
-        ),
-        ["api"] => Some(
-            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
-        ),
+        ["version"] => Some((
+            json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-ksit-emulator", "gitCommit": "", "gitTreeState": "clean",
+                   "buildDate": "1970-01-01T00:00:00Z", "goVersion": "", "compiler": "emulator", "platform": "linux/amd64"}),
+            JSON,
+        )),
+        ["api"] if aggregated => Some((aggregated_list(&s, true), AGG)),
+        ["apis"] if aggregated => Some((aggregated_list(&s, false), AGG)),
+        ["api"] => Some((
+            json!({"kind": "APIVersions", "apiVersion": "v1", "versions": ["v1"],
+                   "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            JSON,
+        )),
         ["apis"] => {
-            let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-            for k in s.kinds.values().filter(|k| !k.group.is_empty()) {
-                let e = groups.entry(&k.group).or_default();
-                for v in &k.versions {
-                    if !e.contains(&v.as_str()) {
-                        e.push(v);
-                    }
-                }
-            }
-            let list: Vec<Value> = groups
+            let list: Vec<Value> = groups(&s)
                 .iter()
+                .filter(|(g, _)| !g.is_empty())
                 .map(|(g, vs)| {
-                    let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
-                    json!({"name": g, "versions": versions, "preferredVersion": versions.first().cloned().unwrap_or(json!(null))})
+                    let versions: Vec<Value> = vs.iter().map(|v| version_entry(g, v)).collect();
+                    json!({"name": g, "versions": versions, "preferredVersion": versions.first().cloned().unwrap_or(Value::Null)})
                 })
                 .collect();
-            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}))
+            Some((
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}),
+                JSON,
+            ))
+        }
+        ["apis", g] => {
+            let groups = groups(&s);
+            let vs = groups.get(*g)?;
+            let versions: Vec<Value> = vs.iter().map(|v| version_entry(g, v)).collect();
+            Some((
+                json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": versions,
+                       "preferredVersion": versions.first().cloned().unwrap_or(Value::Null)}),
+                JSON,
+            ))
         }
         ["api", v] | ["apis", _, v] => {
             let group = if segs[0] == "api" { "" } else { segs[1] };
@@ -618,24 +742,579 @@ fn discovery(inner: &Inner, path: &str) -> Option<Value> {
             let mut resources = Vec::new();
             for k in kinds {
                 resources.push(json!({"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced, "kind": k.kind,
-                    "shortNames": k.short_names, "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]}));
+                    "shortNames": k.short_names, "verbs": ALL_VERBS, "storageVersionHash": ""}));
                 if k.status_subresource {
-                    resources.push(json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+                    resources.push(json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced,
+                        "kind": k.kind, "verbs": ["get", "patch", "update"]}));
                 }
             }
-            let gv = if group.is_empty() {
-                v.to_string()
-            } else {
-                format!("{group}/{v}")
-            };
-            Some(
-                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-            )
+            Some((
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(group, v), "resources": resources}),
+                JSON,
+            ))
         }
         _ => None,
     }
 }
 
+/// apidiscovery.k8s.io/v2 APIGroupDiscoveryList: the core group (`core`) or every other group.
+fn aggregated_list(s: &Store, core: bool) -> Value {
+    let items: Vec<Value> = groups(s)
+        .iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(g, vs)| {
+            let versions: Vec<Value> = vs
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = s
+                        .kinds
+                        .values()
+                        .filter(|k| &k.group == g && k.versions.contains(v))
+                        .map(|k| {
+                            let rk = json!({"group": g, "version": v, "kind": k.kind});
+                            let subs: Vec<Value> = if k.status_subresource {
+                                vec![json!({"subresource": "status", "responseKind": rk, "verbs": ["get", "patch", "update"]})]
+                            } else {
+                                vec![]
+                            };
+                            json!({"resource": k.plural, "responseKind": rk, "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+                                   "singularResource": k.singular, "verbs": ALL_VERBS, "shortNames": k.short_names, "subresources": subs})
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+fn header(req: &Request<hyper::body::Incoming>, name: hyper::header::HeaderName) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let latency = inner.faults.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let path = req.uri().path().to_string();
+    if req.method() == Method::GET {
+        let accept = header(&req, hyper::header::ACCEPT);
+        let aggregated = accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2");
+        if let Some((d, ct)) = discovery(&inner, &path, aggregated) {
+            let mut r = full(StatusCode::OK, &d);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(ct),
+            );
+            return Ok(r);
+        }
+    }
+    let Some(Ok(t)) = parse_path(&path) else {
+        return Ok(error(&ApiError::new(404, "NotFound", NOT_FOUND)));
+    };
+    let q = query(&req);
+    let method = req.method().clone();
+    let is_watch = method == Method::GET
+        && matches!(q.get("watch").map(String::as_str), Some("true") | Some("1"));
+    let verb = match (&method, &t.name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) if is_watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => "unknown",
+    };
+    if let Ok(mut l) = inner.log.lock() {
+        l.push(RequestRecord {
+            verb: verb.into(),
+            group: t.group.clone(),
+            resource: t.plural.clone(),
+            subresource: t.sub.clone(),
+            namespace: t.namespace.clone(),
+        });
+    }
+    let mutating = matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    );
+    if mutating {
+        if let Ok(mut s) = inner.stats.lock() {
+            s.writes += 1;
+            *s.by_verb.entry(verb.into()).or_default() += 1;
+        }
+    }
+    if !is_watch && inner.faults.roll_error() {
+        return Ok(error(&ApiError::new(
+            500,
+            "InternalError",
+            "Internal error occurred: injected failure (emulator fault injection)",
+        )));
+    }
+    if let Err(e) = check_target(&inner, &t, verb) {
+        return Ok(error(&e));
+    }
+    if is_watch {
+        return Ok(watch_response(inner, t, q));
+    }
+    let content_type = header(&req, hyper::header::CONTENT_TYPE);
+    let user_agent = header(&req, hyper::header::USER_AGENT);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    // Like the real server: the fieldManager parameter, else the user agent up to its first '/'.
+    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| {
+        let m = user_agent.split('/').next().unwrap_or("").to_string();
+        if m.is_empty() {
+            "unknown".into()
+        } else {
+            m
+        }
+    });
+    let req = Req {
+        t: &t,
+        verb,
+        content_type: &content_type,
+        body: &body,
+        manager: &manager,
+        q: &q,
+    };
+    let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+    let (result, changed) = if dry_run {
+        let mut scratch = inner.store().clone();
+        (execute(&mut scratch, &req), 0)
+    } else {
+        inner.write(|s| execute(s, &req))
+    };
+    if changed > 0 {
+        if let Ok(mut s) = inner.stats.lock() {
+            s.changes += changed;
+            *s.changes_by_verb.entry(verb.into()).or_default() += changed;
+        }
+    }
+    Ok(match result {
+        Ok((status, v, warnings)) => {
+            let v = if verb == "list" || verb == "deletecollection" {
+                v
+            } else {
+                with_version(v, &t.group, &t.version)
+            };
+            let mut r = full(status, &v);
+            for w in warnings {
+                let text = format!("unknown field \"{}\"", w.trim_start_matches('.'));
+                if let Ok(h) = format!("299 - {}", Value::String(text)).parse() {
+                    r.headers_mut().append("warning", h);
+                }
+            }
+            r
+        }
+        Err(e) => error(&e),
+    })
+}
+
+/// Refuses what a real server has no route for: an unknown or unserved resource, a cluster-scoped kind
+/// under a namespace, a namespaced object without one.
+fn check_target(inner: &Inner, t: &Target, verb: &str) -> Result<(), ApiError> {
+    let s = inner.store();
+    let k = s
+        .kind(&t.group, &t.plural)
+        .map_err(|_| ApiError::new(404, "NotFound", NOT_FOUND))?;
+    if !k.versions.contains(&t.version) {
+        return Err(ApiError::new(404, "NotFound", NOT_FOUND));
+    }
+    match t.sub.as_deref() {
+        None => {}
+        Some("status") if k.status_subresource && t.name.is_some() => {}
+        Some(_) => return Err(ApiError::new(404, "NotFound", NOT_FOUND)),
+    }
+    if !k.namespaced && t.namespace.is_some() {
+        return Err(ApiError::new(404, "NotFound", NOT_FOUND));
+    }
+    if k.namespaced && t.namespace.is_none() {
+        if t.name.is_some() {
+            return Err(ApiError::new(404, "NotFound", NOT_FOUND));
+        }
+        if matches!(verb, "create" | "deletecollection") {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    }
+    if matches!(verb, "update" | "patch") && t.name.is_none() {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ));
+    }
+    Ok(())
+}
+
+/// One API request, parsed.
+struct Req<'a> {
+    t: &'a Target,
+    verb: &'a str,
+    content_type: &'a str,
+    body: &'a [u8],
+    manager: &'a str,
+    q: &'a BTreeMap<String, String>,
+}
+
+type Answer = (StatusCode, Value, Vec<String>);
+
+fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
+    let t = r.t;
+    let ns = t.namespace.as_deref();
+    let status = t.sub.as_deref() == Some("status");
+    let name = t.name.clone().unwrap_or_default();
+    let strict = r.q.get("fieldValidation").map(String::as_str) == Some("Strict");
+    let parse = |b: &[u8]| -> Result<Value, ApiError> {
+        let v: Value = serde_json::from_slice(b)
+            .or_else(|_| serde_yaml::from_slice::<Value>(b))
+            .map_err(|e| {
+                ApiError::new(
+                    400,
+                    "BadRequest",
+                    format!("error decoding the request body: {e}"),
+                )
+            })?;
+        // The namespace of the object must be the request's (cluster-scoped kinds: it is dropped).
+        if let (Some(want), Some(got)) = (
+            ns,
+            v.pointer("/metadata/namespace").and_then(Value::as_str),
+        ) {
+            if !got.is_empty() && got != want {
+                return Err(ApiError::new(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"));
+            }
+        }
+        Ok(v)
+    };
+    // Unknown fields: pruned with a warning, or refused under fieldValidation=Strict.
+    let strict_check = |s: &Store, v: &Value| -> Result<Vec<String>, ApiError> {
+        let k = s.kind(&t.group, &t.plural)?.clone();
+        let (_, unknown) = s.validate(&k, v.clone())?;
+        if strict && !unknown.is_empty() {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                unknown
+                    .iter()
+                    .map(|u| format!("{u}: field not declared in schema"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        Ok(unknown)
+    };
+    match r.verb {
+        "get" => Ok((StatusCode::OK, s.get(&t.group, &t.plural, ns, &name)?, vec![])),
+        "list" => list(s, t, r.q),
+        "create" => {
+            let v = parse(r.body)?;
+            let w = strict_check(s, &v)?;
+            Ok((
+                StatusCode::CREATED,
+                s.create(&t.group, &t.plural, ns, v, r.manager)?,
+                w,
+            ))
+        }
+        "update" => {
+            let v = parse(r.body)?;
+            let w = strict_check(s, &v)?;
+            Ok((
+                StatusCode::OK,
+                s.update(&t.group, &t.plural, ns, &name, v, r.manager, status, true)?
+                    .0,
+                w,
+            ))
+        }
+        "patch" if r.content_type.starts_with("application/apply-patch") => {
+            let Some(manager) = r.q.get("fieldManager") else {
+                return Err(ApiError::new(
+                    400,
+                    "BadRequest",
+                    "PATCH with apply requires fieldManager",
+                ));
+            };
+            let v = parse(r.body)?;
+            if let Some(n) = v.pointer("/metadata/name").and_then(Value::as_str) {
+                if n != name {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        "the name of the object does not match the name on the URL",
+                    ));
+                }
+            }
+            let w = strict_check(s, &v)?;
+            let force = r.q.get("force").map(String::as_str) == Some("true");
+            let existed = s.get(&t.group, &t.plural, ns, &name).is_ok();
+            let (out, _, _) =
+                s.apply(&t.group, &t.plural, ns, &name, v, manager, force, status)?;
+            let code = if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((code, out, w))
+        }
+        "patch" => {
+            let live = s.get(&t.group, &t.plural, ns, &name)?;
+            let patch = parse(r.body)?;
+            let patched = if r.content_type.starts_with("application/json-patch") {
+                json_patch(live.clone(), &patch)?
+            } else if r.content_type.starts_with("application/merge-patch")
+                || r.content_type.starts_with("application/strategic-merge-patch")
+            {
+                let mut l = live.clone();
+                merge_patch(&mut l, &patch);
+                l
+            } else {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {:?}", r.content_type),
+                ));
+            };
+            let w = strict_check(s, &patched)?;
+            // A patch that names a resourceVersion is a precondition, like an update's.
+            let check_rv = patch.pointer("/metadata/resourceVersion").is_some();
+            Ok((
+                StatusCode::OK,
+                s.update(
+                    &t.group, &t.plural, ns, &name, patched, r.manager, status, check_rv,
+                )?
+                .0,
+                w,
+            ))
+        }
+        "delete" => Ok((
+            StatusCode::OK,
+            s.delete(&t.group, &t.plural, ns, &name)?,
+            vec![],
+        )),
+        "deletecollection" => {
+            let (_, listed, _) = list(s, t, r.q)?;
+            let mut deleted = Vec::new();
+            for o in listed["items"].as_array().cloned().unwrap_or_default() {
+                let n = o
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let ons = o.pointer("/metadata/namespace").and_then(Value::as_str);
+                if let Ok(d) = s.delete(&t.group, &t.plural, ons, n) {
+                    deleted.push(with_version(d, &t.group, &t.version));
+                }
+            }
+            let mut out = listed;
+            out["items"] = Value::Array(deleted);
+            Ok((StatusCode::OK, out, vec![]))
+        }
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
+    }
+}
+
+/// A list, with label and field selectors and `limit`/`continue` paging (the continue token is the last
+/// item's `namespace/name`; a list's resourceVersion is the emulator's current one).
+fn list(s: &Store, t: &Target, q: &BTreeMap<String, String>) -> Result<Answer, ApiError> {
+    let k = s.kind(&t.group, &t.plural)?.clone();
+    let mut items: Vec<Value> = s
+        .list(&t.group, &t.plural, t.namespace.as_deref())
+        .into_iter()
+        .filter(|o| object_matches(o, q))
+        .collect();
+    let pos = |o: &Value| {
+        format!(
+            "{}/{}",
+            o.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            o.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        )
+    };
+    if let Some(after) = q.get("continue").filter(|c| !c.is_empty()) {
+        items.retain(|o| pos(o).as_str() > after.as_str());
+    }
+    let mut meta = json!({"resourceVersion": s.rv.to_string()});
+    if let Some(limit) = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+    {
+        if items.len() > limit {
+            let rest = items.len() - limit;
+            items.truncate(limit);
+            if let Some(last) = items.last() {
+                meta["continue"] = json!(pos(last));
+                meta["remainingItemCount"] = json!(rest);
+            }
+        }
+    }
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|o| with_version(o, &t.group, &t.version))
+        .collect();
+    Ok((
+        StatusCode::OK,
+        json!({"kind": format!("{}List", k.kind), "apiVersion": group_version(&t.group, &t.version), "metadata": meta, "items": items}),
+        vec![],
+    ))
+}
+
+fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let mut live = inner.events.subscribe();
+    let mut dropped = inner.faults.drop_watches.as_ref().map(|d| d.subscribe());
+    let since: Option<u64> = q.get("resourceVersion").and_then(|r| r.parse().ok());
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let initial_events = q.get("sendInitialEvents").map(String::as_str) == Some("true");
+    let (group, version) = (t.group.clone(), t.version.clone());
+    let kind = inner
+        .store()
+        .kind(&t.group, &t.plural)
+        .map(|k| k.kind.clone())
+        .unwrap_or_default();
+    let line = |type_: &str, obj: &Value| {
+        Bytes::from(format!("{}\n", json!({"type": type_, "object": obj})))
+    };
+    let bookmark = move |rv: u64, end_of_initial: bool| {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if end_of_initial {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        Bytes::from(format!(
+            "{}\n",
+            json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": group_version(&group, &version), "metadata": meta}})
+        ))
+    };
+    let relevant = move |e: &store::Event, t: &Target, q: &BTreeMap<String, String>| {
+        e.group == t.group
+            && e.plural == t.plural
+            && (t.namespace.is_none() || e.namespace == t.namespace)
+            && object_matches(&e.object, q)
+    };
+    // Snapshot what the watch starts from, under the lock, so no event is lost or duplicated.
+    let mut initial: Vec<Bytes> = Vec::new();
+    let mut expired = false;
+    let start_rv;
+    {
+        let s = inner.store();
+        start_rv = s.rv;
+        match since {
+            Some(rv) if rv > 0 && !initial_events && rv < s.compacted => {
+                expired = true;
+                initial.push(line("ERROR", &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {rv} ({})", s.compacted), "reason": "Expired", "code": 410})));
+            }
+            Some(rv) if rv > 0 && !initial_events => {
+                for e in s
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > rv && relevant(e, &t, &q))
+                {
+                    initial.push(line(
+                        e.type_,
+                        &with_version(e.object.clone(), &t.group, &t.version),
+                    ));
+                }
+            }
+            _ => {
+                // No resourceVersion, "0", or sendInitialEvents: the current state as ADDED events.
+                for o in s
+                    .list(&t.group, &t.plural, t.namespace.as_deref())
+                    .into_iter()
+                    .filter(|o| object_matches(o, &q))
+                {
+                    initial.push(line("ADDED", &with_version(o, &t.group, &t.version)));
+                }
+                if initial_events && bookmarks {
+                    initial.push(bookmark(s.rv, true));
+                }
+            }
+        }
+    }
+    let every = Duration::from_millis(inner.bookmark_ms.load(Ordering::Relaxed).max(1));
+    drop(inner);
+    tokio::spawn(async move {
+        for b in initial {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        if expired {
+            return;
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut last_rv = start_rv;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = async { match dropped.as_mut() { Some(d) => { let _ = d.recv().await; } None => std::future::pending::<()>().await } } => return,
+                _ = ticker.tick(), if bookmarks => {
+                    // Events arrive in resourceVersion order: nothing this watch cares about is pending
+                    // up to the last one it saw.
+                    if tx.send(bookmark(last_rv, false)).await.is_err() {
+                        return;
+                    }
+                }
+                ev = live.recv() => match ev {
+                    Ok(e) if e.rv > start_rv => {
+                        last_rv = e.rv;
+                        if relevant(&e, &t, &q)
+                            && tx.send(line(e.type_, &with_version(e.object.clone(), &t.group, &t.version))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A watcher too slow for the event stream is ended; its client resumes from its version.
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> impl futures::Stream<Item = Bytes> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
 fn object_matches(obj: &Value, q: &BTreeMap<String, String>) -> bool {
     let empty = serde_json::Map::new();
     let labels = obj
@@ -683,277 +1362,6 @@ fn with_version(mut obj: Value, group: &str, version: &str) -> Value {
         );
     }
     obj
-}
-
-async fn handle(
-    inner: Arc<Inner>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let latency = inner.faults.latency_ms.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-    }
-    let path = req.uri().path().to_string();
-    if let Some(d) = discovery(&inner, &path) {
-        return Ok(full(StatusCode::OK, &d));
-    }
-    let Some(Ok(t)) = parse_path(&path) else {
-        return Ok(error(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )));
-    };
-    let q = query(&req);
-    let method = req.method().clone();
-    let is_watch = method == Method::GET
-        && matches!(q.get("watch").map(String::as_str), Some("true") | Some("1"));
-    let verb = match (&method, &t.name) {
-        (&Method::GET, Some(_)) => "get",
-        (&Method::GET, None) if is_watch => "watch",
-        (&Method::GET, None) => "list",
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
-        (&Method::DELETE, _) => "delete",
-        _ => "unknown",
-    };
-    if let Ok(mut l) = inner.log.lock() {
-        l.push(RequestRecord {
-            verb: verb.into(),
-            group: t.group.clone(),
-            resource: t.plural.clone(),
-            subresource: t.sub.clone(),
-            namespace: t.namespace.clone(),
-        });
-    }
-    let mutating = matches!(verb, "create" | "update" | "patch" | "delete");
-    if mutating {
-        if let Ok(mut s) = inner.stats.lock() {
-            s.writes += 1;
-            *s.by_verb.entry(verb.into()).or_default() += 1;
-        }
-    }
-    if !is_watch && inner.faults.roll_error() {
-        return Ok(error(&ApiError::new(
-            500,
-            "InternalError",
-            "injected failure (emulator fault injection)",
-        )));
-    }
-    {
-        let s = inner.store();
-        match s.kind(&t.group, &t.plural) {
-            Ok(k) if k.versions.contains(&t.version) => {}
-            Ok(_) | Err(_) => {
-                return Ok(error(&ApiError::new(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )))
-            }
-        }
-    }
-    if is_watch {
-        return Ok(watch_response(inner, t, q));
-    }
-    let content_type = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let user_agent = req
-        .headers()
-        .get(hyper::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown")
-        .to_string();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| {
-        user_agent
-            .split('/')
-            .next()
-            .unwrap_or("unknown")
-            .to_string()
-    });
-    let strict = q.get("fieldValidation").map(String::as_str) == Some("Strict");
-    let before = inner.store().rv;
-    let result = execute(&inner, &t, verb, &content_type, &body, &manager, &q, strict);
-    // Publish what changed to watchers, after the store lock is released.
-    let events: Vec<store::Event> = {
-        let s = inner.store();
-        s.history
-            .iter()
-            .filter(|e| e.rv > before)
-            .cloned()
-            .collect()
-    };
-    if !events.is_empty() {
-        if let Ok(mut s) = inner.stats.lock() {
-            s.changes += 1;
-        }
-    }
-    for e in events {
-        let _ = inner.events.send(e);
-    }
-    Ok(match result {
-        Ok((status, v, warnings)) => {
-            let mut r = full(status, &with_version(v, &t.group, &t.version));
-            if !warnings.is_empty() {
-                if let Ok(h) = format!(
-                    "299 - \"unknown field(s) dropped: {}\"",
-                    warnings.join(", ")
-                )
-                .parse()
-                {
-                    r.headers_mut().insert("warning", h);
-                }
-            }
-            r
-        }
-        Err(e) => error(&e),
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    inner: &Inner,
-    t: &Target,
-    verb: &str,
-    content_type: &str,
-    body: &[u8],
-    manager: &str,
-    q: &BTreeMap<String, String>,
-    strict: bool,
-) -> Result<(StatusCode, Value, Vec<String>), ApiError> {
-    let mut s = inner.store();
-    let ns = t.namespace.as_deref();
-    let status = t.sub.as_deref() == Some("status");
-    let parse = |b: &[u8]| -> Result<Value, ApiError> {
-        serde_json::from_slice(b)
-            .or_else(|_| serde_yaml::from_slice::<Value>(b))
-            .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid body: {e}")))
-    };
-    let strict_check = |s: &Store, v: &Value| -> Result<Vec<String>, ApiError> {
-        let k = s.kind(&t.group, &t.plural)?.clone();
-        let (_, warnings) = s.validate(&k, v.clone())?;
-        if strict && !warnings.is_empty() {
-            return Err(ApiError::new(
-                400,
-                "BadRequest",
-                format!(
-                    "strict decoding error: {}",
-                    warnings
-                        .iter()
-                        .map(|w| format!("unknown field \"{}\"", w.trim_start_matches('.')))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        Ok(warnings)
-    };
-    match verb {
-        "get" => {
-            let name = t.name.as_deref().unwrap_or("");
-            Ok((
-                StatusCode::OK,
-                s.get(&t.group, &t.plural, ns, name)?,
-                vec![],
-            ))
-        }
-        "list" => {
-            let k = s.kind(&t.group, &t.plural)?.clone();
-            let items: Vec<Value> = s
-                .list(&t.group, &t.plural, ns)
-                .into_iter()
-                .filter(|o| object_matches(o, q))
-                .map(|o| with_version(o, &t.group, &t.version))
-                .collect();
-            let av = if t.group.is_empty() {
-                t.version.clone()
-            } else {
-                format!("{}/{}", t.group, t.version)
-            };
-            Ok((
-                StatusCode::OK,
-                json!({"kind": format!("{}List", k.kind), "apiVersion": av, "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
-                vec![],
-            ))
-        }
-        "create" => {
-            let v = parse(body)?;
-            let w = strict_check(&s, &v)?;
-            Ok((
-                StatusCode::CREATED,
-                s.create(&t.group, &t.plural, ns, v, manager)?,
-                w,
-            ))
-        }
-        "update" => {
-            let v = parse(body)?;
-            let w = strict_check(&s, &v)?;
-            let name = t.name.clone().unwrap_or_default();
-            Ok((
-                StatusCode::OK,
-                s.update(&t.group, &t.plural, ns, &name, v, manager, status, true)?
-                    .0,
-                w,
-            ))
-        }
-        "patch" => {
-            let name = t.name.clone().unwrap_or_default();
-            if content_type.starts_with("application/apply-patch") {
-                let v = parse(body)?;
-                let w = strict_check(&s, &v)?;
-                let force = q.get("force").map(String::as_str) == Some("true");
-                if !q.contains_key("fieldManager") {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        "PATCH with apply requires fieldManager",
-                    ));
-                }
-                let (out, _, w2) =
-                    s.apply(&t.group, &t.plural, ns, &name, v, manager, force, status)?;
-                let mut w = w;
-                w.extend(w2);
-                w.sort();
-                w.dedup();
-                return Ok((StatusCode::OK, out, w));
-            }
-            let live = s.get(&t.group, &t.plural, ns, &name)?;
-            let patched = if content_type.starts_with("application/json-patch") {
-                json_patch(live, &parse(body)?)?
-            } else {
-                let mut l = live;
-                merge_patch(&mut l, &parse(body)?);
-                l
-            };
-            let w = strict_check(&s, &patched)?;
-            Ok((
-                StatusCode::OK,
-                s.update(
-                    &t.group, &t.plural, ns, &name, patched, manager, status, false,
-                )?
-                .0,
-                w,
-            ))
-        }
-        "delete" => {
-            let name = t.name.clone().unwrap_or_default();
-            Ok((
-                StatusCode::OK,
-                s.delete(&t.group, &t.plural, ns, &name)?,
-                vec![],
-            ))
-        }
-        _ => Err(ApiError::new(405, "MethodNotAllowed", "method not allowed")),
-    }
 }
 
 fn merge_patch(target: &mut Value, patch: &Value) {
@@ -1026,99 +1434,3 @@ fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, ApiError> {
     Ok(doc)
 }
 
-fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> Response<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    let mut live = inner.events.subscribe();
-    let mut dropped = inner.faults.drop_watches.as_ref().map(|d| d.subscribe());
-    let since: Option<u64> = q.get("resourceVersion").and_then(|r| r.parse().ok());
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(1800);
-    let line = |type_: &str, obj: &Value| {
-        Bytes::from(format!("{}\n", json!({"type": type_, "object": obj})))
-    };
-    let relevant = move |e: &store::Event, t: &Target, q: &BTreeMap<String, String>| {
-        e.group == t.group
-            && e.plural == t.plural
-            && (t.namespace.is_none() || e.namespace == t.namespace)
-            && object_matches(&e.object, q)
-    };
-    // Snapshot what the watch starts from, under the lock, so no event is lost or duplicated.
-    let mut initial: Vec<Bytes> = Vec::new();
-    let mut expired = false;
-    let start_rv;
-    {
-        let s = inner.store();
-        start_rv = s.rv;
-        match since {
-            Some(rv) if rv > 0 && rv < s.compacted => {
-                expired = true;
-                initial.push(line("ERROR", &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": format!("too old resource version: {rv} ({})", s.compacted), "reason": "Expired", "code": 410})));
-            }
-            Some(rv) if rv > 0 => {
-                for e in s
-                    .history
-                    .iter()
-                    .filter(|e| e.rv > rv && relevant(e, &t, &q))
-                {
-                    initial.push(line(
-                        e.type_,
-                        &with_version(e.object.clone(), &t.group, &t.version),
-                    ));
-                }
-            }
-            _ => {
-                for o in s
-                    .list(&t.group, &t.plural, t.namespace.as_deref())
-                    .into_iter()
-                    .filter(|o| object_matches(o, &q))
-                {
-                    initial.push(line("ADDED", &with_version(o, &t.group, &t.version)));
-                }
-            }
-        }
-    }
-    tokio::spawn(async move {
-        for b in initial {
-            if tx.send(b).await.is_err() {
-                return;
-            }
-        }
-        if expired {
-            return;
-        }
-        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => return,
-                _ = async { match dropped.as_mut() { Some(d) => { let _ = d.recv().await; } None => std::future::pending::<()>().await } } => return,
-                ev = live.recv() => match ev {
-                    Ok(e) if e.rv > start_rv && relevant(&e, &t, &q) => {
-                        if tx.send(line(e.type_, &with_version(e.object.clone(), &t.group, &t.version))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = tx.closed() => return,
-            }
-        }
-    });
-    let stream = tokio_stream_from(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> impl futures::Stream<Item = Bytes> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}

@@ -2,10 +2,12 @@
 //! apply field ownership, status subresource, finalizers, generation and schema validation.
 #![allow(clippy::too_many_arguments)] // the write paths mirror the API's parameters one to one
 
+use crate::fields::{self, FieldSet};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// How many past events a watch can resume from before it gets 410 Gone.
+/// How many past events a watch can resume from before it gets 410 Gone (by default; see
+/// `Emulator::set_history_limit`).
 pub const HISTORY: usize = 2000;
 
 #[derive(Clone, Debug)]
@@ -23,6 +25,20 @@ pub struct Kind {
     pub builtin: bool,
 }
 
+impl Kind {
+    /// The openAPIV3Schema of the object's version (or of the storage version), for custom resources.
+    pub fn schema_for(&self, obj: &Value) -> Option<&Value> {
+        let version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or("");
+        self.schemas
+            .get(version)
+            .or_else(|| self.versions.first().and_then(|v| self.schemas.get(v)))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Event {
     pub rv: u64,
@@ -38,6 +54,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// `details` of the Status (e.g. the causes of an apply conflict).
+    pub details: Option<Value>,
 }
 
 impl ApiError {
@@ -46,20 +64,25 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
     }
     pub fn not_found(what: &str) -> Self {
         ApiError::new(404, "NotFound", format!("{what} not found"))
     }
     pub fn body(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code})
+        let mut b = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(d) = &self.details {
+            b["details"] = d.clone();
+        }
+        b
     }
 }
 
 pub type Key = (String, String, Option<String>, String); // group, plural, namespace, name
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Store {
     pub rv: u64,
     pub kinds: BTreeMap<(String, String), Kind>,
@@ -67,6 +90,8 @@ pub struct Store {
     pub history: VecDeque<Event>,
     /// Oldest resourceVersion a watch may resume from.
     pub compacted: u64,
+    /// How many events `history` keeps.
+    pub history_limit: usize,
     uid: u64,
 }
 
@@ -119,7 +144,10 @@ pub fn now() -> String {
 
 impl Store {
     pub fn new() -> Store {
-        let mut s = Store::default();
+        let mut s = Store {
+            history_limit: HISTORY,
+            ..Store::default()
+        };
         for k in [
             builtin("", "v1", "Namespace", "namespaces", false, true, &["ns"]),
             builtin("", "v1", "Secret", "secrets", true, false, &[]),
@@ -282,7 +310,7 @@ impl Store {
             type_,
             object,
         });
-        while self.history.len() > HISTORY {
+        while self.history.len() > self.history_limit.max(1) {
             if let Some(e) = self.history.pop_front() {
                 self.compacted = e.rv;
             }
@@ -374,8 +402,23 @@ impl Store {
         group: &str,
         plural: &str,
         ns: Option<&str>,
+        obj: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        self.create_as(group, plural, ns, obj, manager, "Update", None)
+    }
+
+    /// Creates an object; its fields are owned by `manager` with `operation` (Update, or Apply with the
+    /// applied fields in `owned`).
+    fn create_as(
+        &mut self,
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
         mut obj: Value,
         manager: &str,
+        operation: &str,
+        owned: Option<FieldSet>,
     ) -> Result<Value, ApiError> {
         let k = self.kind(group, plural)?.clone();
         let ns = if k.namespaced {
@@ -404,7 +447,7 @@ impl Store {
                 return Err(ApiError::new(
                     422,
                     "Invalid",
-                    "metadata.name: Required value",
+                    "metadata.name: Required value: name or generateName is required",
                 ));
             }
         }
@@ -413,7 +456,7 @@ impl Store {
             return Err(ApiError::new(
                 409,
                 "AlreadyExists",
-                format!("{plural} \"{name}\" already exists"),
+                format!("{} \"{name}\" already exists", qualified(group, plural)),
             ));
         }
         if k.status_subresource && !k.builtin {
@@ -432,17 +475,20 @@ impl Store {
             };
             m.insert("uid".into(), json!(uid));
             m.insert("creationTimestamp".into(), json!(now()));
+            for f in ["resourceVersion", "generation", "deletionTimestamp"] {
+                m.remove(f);
+            }
         }
-        let obj = self.validate(&k, obj)?.0;
-        let fields = leaves(&obj);
-        let mut obj = obj;
+        let mut obj = self.validate(&k, obj)?.0;
+        let fields = owned.unwrap_or_else(|| fields::leaves(&obj, k.schema_for(&obj)));
         set_managed(
             &mut obj,
             &[Managed {
                 manager: manager.into(),
-                operation: "Update".into(),
+                operation: operation.into(),
                 fields,
                 subresource: None,
+                time: None,
             }],
         );
         if group == "apiextensions.k8s.io" {
@@ -453,6 +499,7 @@ impl Store {
 
     /// PUT (or the result of a merge/JSON patch): replaces the object. For the status subresource only
     /// `.status` changes; otherwise `.status` is kept when the kind has a status subresource.
+    /// `check_rv`: a PUT (a stale resourceVersion conflicts; custom resources must carry one).
     pub fn update(
         &mut self,
         group: &str,
@@ -467,24 +514,41 @@ impl Store {
         let k = self.kind(group, plural)?.clone();
         let ns = ns.map(String::from).filter(|_| k.namespaced);
         let key: Key = (group.into(), plural.into(), ns.clone(), name.into());
-        let old = self
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&format!("{plural} \"{name}\"")))?;
+        let old = self.objects.get(&key).cloned().ok_or_else(|| {
+            ApiError::not_found(&format!("{} \"{name}\"", qualified(group, plural)))
+        })?;
+        if let Some(body_name) = obj.pointer("/metadata/name").and_then(Value::as_str) {
+            if !body_name.is_empty() && body_name != name {
+                return Err(ApiError::new(
+                    400,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL",
+                ));
+            }
+        }
         if check_rv {
-            if let Some(rv) = obj
+            match obj
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
+                .filter(|rv| !rv.is_empty())
             {
-                if !rv.is_empty()
-                    && Some(rv)
+                Some(rv) => {
+                    if Some(rv)
                         != old
                             .pointer("/metadata/resourceVersion")
                             .and_then(Value::as_str)
-                {
-                    return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")));
+                    {
+                        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(group, plural))));
+                    }
                 }
+                None if !k.builtin => {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update", k.kind),
+                    ));
+                }
+                None => {}
             }
         }
         if status {
@@ -534,7 +598,7 @@ impl Store {
         let mut obj = obj;
         // Ownership: changed leaves move to `manager` (operation Update).
         let mut managed = get_managed(&old);
-        let changed = changed_leaves(&old, &obj);
+        let changed = fields::changed_leaves(&old, &obj, k.schema_for(&obj));
         if !changed.is_empty() {
             for m in &mut managed {
                 m.fields.retain(|f| !changed.contains(f));
@@ -544,12 +608,16 @@ impl Store {
                 .iter_mut()
                 .find(|m| m.manager == manager && m.operation == "Update" && m.subresource == sub)
             {
-                Some(m) => m.fields.extend(changed),
+                Some(m) => {
+                    m.fields.extend(changed);
+                    m.time = None;
+                }
                 None => managed.push(Managed {
                     manager: manager.into(),
                     operation: "Update".into(),
                     fields: changed,
                     subresource: sub,
+                    time: None,
                 }),
             }
             managed.retain(|m| !m.fields.is_empty());
@@ -580,7 +648,8 @@ impl Store {
         Ok((out, true))
     }
 
-    /// Server-side apply of `config` by `manager`.
+    /// Server-side apply of `config` by `manager`. Returns the object, whether it changed, and the unknown
+    /// fields that were pruned.
     pub fn apply(
         &mut self,
         group: &str,
@@ -603,21 +672,25 @@ impl Store {
                 "creationTimestamp",
                 "generation",
                 "managedFields",
+                "deletionTimestamp",
             ] {
                 m.remove(f);
             }
         }
         let (config, warnings) = self.validate(&k, config)?;
-        let mut applied = leaves(&config);
-        applied.retain(|f| !is_identity(f));
+        let schema = k.schema_for(&config);
+        let mut applied = fields::leaves(&config, schema);
         if status {
-            applied.retain(|f| f.first().map(String::as_str) == Some("status"));
+            applied.retain(|f| f.first().map(String::as_str) == Some("f:status"));
         } else if k.status_subresource {
-            applied.retain(|f| f.first().map(String::as_str) != Some("status"));
+            applied.retain(|f| f.first().map(String::as_str) != Some("f:status"));
         }
         let Some(old) = self.objects.get(&key).cloned() else {
             if status {
-                return Err(ApiError::not_found(&format!("{plural} \"{name}\"")));
+                return Err(ApiError::not_found(&format!(
+                    "{} \"{name}\"",
+                    qualified(group, plural)
+                )));
             }
             let mut obj = config.clone();
             if k.status_subresource {
@@ -625,99 +698,99 @@ impl Store {
                     m.remove("status");
                 }
             }
-            let created = self.create(group, plural, ns.as_deref(), obj, manager)?;
-            let mut created = created;
-            set_managed(
-                &mut created,
-                &[Managed {
-                    manager: manager.into(),
-                    operation: "Apply".into(),
-                    fields: applied,
-                    subresource: None,
-                }],
-            );
-            let key2 = key.clone();
-            self.objects.insert(key2, created.clone());
+            meta_mut(&mut obj).insert("name".into(), json!(name));
+            let created =
+                self.create_as(group, plural, ns.as_deref(), obj, manager, "Apply", Some(applied))?;
             return Ok((created, true, warnings));
         };
         let sub = status.then(|| "status".to_string());
+        let mine = |m: &Managed| m.manager == manager && m.operation == "Apply" && m.subresource == sub;
         let mut managed = get_managed(&old);
         // Conflicts: a field another manager owns, applied with a different value.
-        let mut conflicts = Vec::new();
-        for m in managed
-            .iter()
-            .filter(|m| !(m.manager == manager && m.operation == "Apply"))
-        {
+        let mut conflicts: Vec<(String, String)> = Vec::new();
+        for m in managed.iter().filter(|m| !mine(m)) {
             for f in &m.fields {
-                if applied.contains(f) && get_path(&old, f) != get_path(&config, f) {
-                    conflicts.push(format!("conflict with \"{}\": .{}", m.manager, f.join(".")));
+                if applied.contains(f)
+                    && fields::get_path(&old, f) != fields::get_path(&config, f)
+                {
+                    conflicts.push((m.manager.clone(), fields::display(f)));
                 }
             }
         }
         if !conflicts.is_empty() && !force {
-            return Err(ApiError::new(
+            let causes: Vec<Value> = conflicts
+                .iter()
+                .map(|(m, f)| json!({"type": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f}))
+                .collect();
+            let text: Vec<String> = conflicts
+                .iter()
+                .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
+                .collect();
+            let mut e = ApiError::new(
                 409,
                 "Conflict",
                 format!(
-                    "Apply failed with {} conflict(s): {}",
+                    "Apply failed with {} conflict{}: {}",
                     conflicts.len(),
-                    conflicts.join("; ")
+                    if conflicts.len() == 1 { "" } else { "s" },
+                    text.join("\n")
                 ),
-            ));
+            );
+            e.details = Some(json!({"name": name, "group": group, "kind": plural, "causes": causes}));
+            return Err(e);
         }
-        let previously: BTreeSet<Vec<String>> = managed
+        let previously: FieldSet = managed
             .iter()
-            .filter(|m| m.manager == manager && m.operation == "Apply" && m.subresource == sub)
+            .filter(|m| mine(m))
             .flat_map(|m| m.fields.iter().cloned())
             .collect();
-        for m in &mut managed {
-            if !(m.manager == manager && m.operation == "Apply") {
-                m.fields.retain(|f| !applied.contains(f));
+        // Applied fields move to this manager (with force, from the others; without conflicts, fields
+        // applied with the same value become shared, as in Kubernetes).
+        for m in managed.iter_mut().filter(|m| !mine(m)) {
+            let before = m.fields.len();
+            m.fields.retain(|f| {
+                !(applied.contains(f)
+                    && fields::get_path(&old, f) != fields::get_path(&config, f))
+            });
+            if m.fields.len() != before {
+                m.time = None;
             }
         }
-        let others: BTreeSet<Vec<String>> = managed
+        let others: FieldSet = managed
             .iter()
-            .filter(|m| !(m.manager == manager && m.operation == "Apply" && m.subresource == sub))
+            .filter(|m| !mine(m))
             .flat_map(|m| m.fields.iter().cloned())
             .collect();
         let mut obj = old.clone();
+        let keep_item = |item: &[String]| others.iter().any(|f| f.starts_with(item));
         for f in previously
             .iter()
             .filter(|f| !applied.contains(*f) && !others.contains(*f))
         {
-            remove_path(&mut obj, f);
+            fields::remove_path(&mut obj, f, &keep_item);
         }
-        merge(&mut obj, &config, status, k.status_subresource);
-        managed
-            .retain(|m| !(m.manager == manager && m.operation == "Apply" && m.subresource == sub));
+        merge_config(&mut obj, &config, status, k.status_subresource, schema);
+        let same_fields = previously == applied;
+        let old_time = managed.iter().find(|m| mine(m)).and_then(|m| m.time.clone());
+        managed.retain(|m| !mine(m));
         managed.push(Managed {
             manager: manager.into(),
             operation: "Apply".into(),
             fields: applied,
-            subresource: sub,
+            subresource: sub.clone(),
+            time: if same_fields { old_time } else { None },
         });
         managed.retain(|m| !m.fields.is_empty());
-        // Keep the stored managedFields order stable so that a no-op apply compares equal.
-        managed.sort_by(|a, b| {
-            (&a.manager, &a.operation, &a.subresource).cmp(&(
-                &b.manager,
-                &b.operation,
-                &b.subresource,
-            ))
-        });
-        let mut old_sorted = old.clone();
-        let mut om = get_managed(&old);
-        om.sort_by(|a, b| {
-            (&a.manager, &a.operation, &a.subresource).cmp(&(
-                &b.manager,
-                &b.operation,
-                &b.subresource,
-            ))
-        });
-        set_managed(&mut old_sorted, &om);
         set_managed(&mut obj, &managed);
-        if without_rv(&obj) == without_rv(&old_sorted) {
+        if strip_managed(&obj) == strip_managed(&old) && same_managed(&obj, &old) {
             return Ok((old, false, warnings));
+        }
+        if strip_managed(&obj) != strip_managed(&old) {
+            // The object changed: this manager's entry gets a new time.
+            if let Some(m) = managed.iter_mut().find(|m| mine(m)) {
+                m.time = None;
+            }
+            set_managed(&mut obj, &managed);
         }
         let (out, changed) = self.finish_write(key, obj, &old)?;
         Ok((out, changed, warnings))
@@ -821,28 +894,21 @@ impl Store {
     /// named in the returned warnings), or fail under `fieldValidation=Strict` (handled by the caller).
     pub fn validate(&self, k: &Kind, mut obj: Value) -> Result<(Value, Vec<String>), ApiError> {
         let mut warnings = Vec::new();
-        let version = obj
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .and_then(|a| a.rsplit('/').next())
-            .unwrap_or("")
-            .to_string();
-        let Some(schema) = k
-            .schemas
-            .get(&version)
-            .or_else(|| k.schemas.values().next())
-        else {
+        let Some(schema) = k.schema_for(&obj).cloned() else {
             return Ok((obj, warnings));
         };
         let mut errors = Vec::new();
-        if let Some(spec_schema) = schema.pointer("/properties/spec") {
-            if let Some(spec) = obj.get_mut("spec") {
-                check(spec, spec_schema, ".spec", &mut errors, &mut warnings);
-            }
-        }
-        if let Some(status_schema) = schema.pointer("/properties/status") {
-            if let Some(st) = obj.get_mut("status") {
-                check(st, status_schema, ".status", &mut errors, &mut warnings);
+        if let (Some(props), Some(o)) = (
+            schema.get("properties").and_then(Value::as_object),
+            obj.as_object_mut(),
+        ) {
+            for (key, value) in o.iter_mut() {
+                if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                if let Some(ps) = props.get(key) {
+                    check(value, ps, &format!(".{key}"), &mut errors, &mut warnings);
+                }
             }
         }
         // A status-only write (an apply to /status) need not repeat the spec.
@@ -945,6 +1011,49 @@ fn check(
             ));
         }
     }
+    if let (Some(p), Some(x)) = (s.get("pattern").and_then(Value::as_str), v.as_str()) {
+        if pattern_matches(p, x) == Some(false) {
+            errors.push(format!(
+                "{path}: Invalid value: \"{}\": {path} in body should match '{p}'",
+                short(v)
+            ));
+        }
+    }
+    let len = |v: &Value| match v {
+        Value::String(x) => Some(x.chars().count() as u64),
+        Value::Array(a) => Some(a.len() as u64),
+        Value::Object(m) => Some(m.len() as u64),
+        _ => None,
+    };
+    for (bound, kind) in [
+        ("minLength", "String"),
+        ("maxLength", "String"),
+        ("minItems", "Array"),
+        ("maxItems", "Array"),
+        ("minProperties", "Object"),
+        ("maxProperties", "Object"),
+    ] {
+        let applies = match kind {
+            "String" => v.is_string(),
+            "Array" => v.is_array(),
+            _ => v.is_object(),
+        };
+        if let (true, Some(b), Some(n)) = (applies, s.get(bound).and_then(Value::as_u64), len(v)) {
+            let too_short = bound.starts_with("min") && n < b;
+            let too_long = bound.starts_with("max") && n > b;
+            if too_short || too_long {
+                errors.push(format!(
+                    "{path}: Invalid value: {n}: {path} in body should have {} {b} {}",
+                    if too_short { "at least" } else { "at most" },
+                    match kind {
+                        "String" => "chars long",
+                        "Array" => "items",
+                        _ => "properties",
+                    }
+                ));
+            }
+        }
+    }
     let preserve = s
         .get("x-kubernetes-preserve-unknown-fields")
         .and_then(Value::as_bool)
@@ -994,6 +1103,22 @@ fn check(
         }
         _ => {}
     }
+}
+
+/// Whether `text` matches a schema `pattern` (None when the pattern is not one regex-lite understands:
+/// then it is not checked). Compiled patterns are cached per thread.
+fn pattern_matches(pattern: &str, text: &str) -> Option<bool> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<BTreeMap<String, Option<regex_lite::Regex>>> =
+            const { std::cell::RefCell::new(BTreeMap::new()) };
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let re = c
+            .entry(pattern.to_string())
+            .or_insert_with(|| regex_lite::Regex::new(pattern).ok());
+        re.as_ref().map(|r| r.is_match(text))
+    })
 }
 
 fn short(v: &Value) -> String {
@@ -1049,173 +1174,70 @@ fn without_rv(v: &Value) -> Value {
     v
 }
 
-fn is_identity(f: &[String]) -> bool {
-    matches!(
-        f.first().map(String::as_str),
-        Some("apiVersion") | Some("kind")
-    ) || (f.first().map(String::as_str) == Some("metadata")
-        && matches!(
-            f.get(1).map(String::as_str),
-            Some("name") | Some("namespace")
-        ))
-}
-
-/// Leaf paths of an object: maps are walked, everything else (arrays included) is one field.
-pub fn leaves(v: &Value) -> BTreeSet<Vec<String>> {
-    fn walk(v: &Value, path: &mut Vec<String>, out: &mut BTreeSet<Vec<String>>) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    if path.len() == 1
-                        && path[0] == "metadata"
-                        && matches!(
-                            k.as_str(),
-                            "managedFields"
-                                | "resourceVersion"
-                                | "uid"
-                                | "creationTimestamp"
-                                | "generation"
-                                | "deletionTimestamp"
-                        )
-                    {
-                        continue;
-                    }
-                    path.push(k.clone());
-                    walk(x, path, out);
-                    path.pop();
-                }
-            }
-            _ => {
-                if !path.is_empty() {
-                    out.insert(path.clone());
-                }
-            }
-        }
+/// The object without managedFields (to tell whether a write changed anything but ownership).
+fn strip_managed(v: &Value) -> Value {
+    let mut v = without_rv(v);
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
     }
-    let mut out = BTreeSet::new();
-    walk(v, &mut Vec::new(), &mut out);
-    out.retain(|f| !is_identity(f));
-    out
+    v
 }
 
-fn changed_leaves(old: &Value, new: &Value) -> BTreeSet<Vec<String>> {
-    leaves(new)
-        .into_iter()
-        .filter(|f| get_path(old, f) != get_path(new, f))
-        .collect()
-}
-
-fn get_path<'a>(v: &'a Value, f: &[String]) -> Option<&'a Value> {
-    let mut cur = v;
-    for k in f {
-        cur = cur.get(k)?;
-    }
-    Some(cur)
-}
-
-fn remove_path(v: &mut Value, f: &[String]) {
-    let Some((last, parents)) = f.split_last() else {
-        return;
+/// Same owners and fields (order and times aside).
+fn same_managed(a: &Value, b: &Value) -> bool {
+    let key = |v: &Value| {
+        let mut m: Vec<(String, String, Option<String>, FieldSet)> = get_managed(v)
+            .into_iter()
+            .map(|m| (m.manager, m.operation, m.subresource, m.fields))
+            .collect();
+        m.sort();
+        m
     };
-    let mut cur = v;
-    for k in parents {
-        match cur.get_mut(k) {
-            Some(x) => cur = x,
-            None => return,
-        }
-    }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(last);
+    key(a) == key(b)
+}
+
+/// `plural.group` (or `plural` for the core group), as in the real server's messages.
+pub fn qualified(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
     }
 }
 
-/// Merges an apply configuration into the stored object: maps merge, everything else replaces.
-fn merge(obj: &mut Value, config: &Value, status_only: bool, has_status_subresource: bool) {
-    fn deep(a: &mut Value, b: &Value) {
-        match (a, b) {
-            (Value::Object(am), Value::Object(bm)) => {
-                for (k, bv) in bm {
-                    if bv.is_null() {
-                        am.remove(k);
-                        continue;
-                    }
-                    match am.get_mut(k) {
-                        Some(av) if av.is_object() && bv.is_object() => deep(av, bv),
-                        _ => {
-                            am.insert(k.clone(), bv.clone());
-                        }
-                    }
-                }
-            }
-            (a, b) => *a = b.clone(),
-        }
-    }
+/// Merges an apply configuration into the stored object (see [`fields::merge`]); `.status` only for a
+/// status write, and never `.status` on the main resource of a kind with the status subresource.
+fn merge_config(
+    obj: &mut Value,
+    config: &Value,
+    status_only: bool,
+    has_status_subresource: bool,
+    schema: Option<&Value>,
+) {
     let Some(cm) = config.as_object() else { return };
-    for (k, v) in cm {
-        let is_status = k == "status";
-        if (status_only && !is_status) || (!status_only && is_status && has_status_subresource) {
-            continue;
-        }
-        if matches!(k.as_str(), "apiVersion" | "kind") {
-            continue;
-        }
-        match obj.get_mut(k) {
-            Some(existing) => deep(existing, v),
-            None => {
-                if let Some(o) = obj.as_object_mut() {
-                    o.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
+    let filtered: Map<String, Value> = cm
+        .iter()
+        .filter(|(k, _)| {
+            let is_status = *k == "status";
+            !((status_only && !is_status)
+                || (!status_only && is_status && has_status_subresource)
+                || matches!(k.as_str(), "apiVersion" | "kind"))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    fields::merge(obj, &Value::Object(filtered), schema, true);
 }
 
+/// One entry of `metadata.managedFields`.
 #[derive(Clone, Debug)]
 pub struct Managed {
     pub manager: String,
+    /// `Apply` or `Update`.
     pub operation: String,
-    pub fields: BTreeSet<Vec<String>>,
+    pub fields: FieldSet,
     pub subresource: Option<String>,
-}
-
-fn fields_v1(fields: &BTreeSet<Vec<String>>) -> Value {
-    let mut root = Map::new();
-    for f in fields {
-        let mut cur = &mut root;
-        for k in f {
-            let e = cur.entry(format!("f:{k}")).or_insert_with(|| json!({}));
-            cur = match e {
-                Value::Object(m) => m,
-                _ => break,
-            };
-        }
-    }
-    Value::Object(root)
-}
-
-fn parse_fields_v1(v: &Value) -> BTreeSet<Vec<String>> {
-    fn walk(v: &Value, path: &mut Vec<String>, out: &mut BTreeSet<Vec<String>>) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    let Some(name) = k.strip_prefix("f:") else {
-                        continue;
-                    };
-                    path.push(name.to_string());
-                    walk(x, path, out);
-                    path.pop();
-                }
-            }
-            _ => {
-                if !path.is_empty() {
-                    out.insert(path.clone());
-                }
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(v, &mut Vec::new(), &mut out);
-    out
+    /// When it last changed; None: now.
+    pub time: Option<String>,
 }
 
 pub fn get_managed(obj: &Value) -> Vec<Managed> {
@@ -1226,8 +1248,9 @@ pub fn get_managed(obj: &Value) -> Vec<Managed> {
                 .map(|e| Managed {
                     manager: e["manager"].as_str().unwrap_or("").into(),
                     operation: e["operation"].as_str().unwrap_or("Update").into(),
-                    fields: parse_fields_v1(&e["fieldsV1"]),
+                    fields: fields::parse_fields_v1(&e["fieldsV1"]),
                     subresource: e["subresource"].as_str().map(String::from),
+                    time: e["time"].as_str().map(String::from),
                 })
                 .collect()
         })
@@ -1239,8 +1262,9 @@ fn set_managed(obj: &mut Value, managed: &[Managed]) {
     let entries: Vec<Value> = managed
         .iter()
         .map(|m| {
-            let mut e = json!({"manager": m.manager, "operation": m.operation, "apiVersion": version, "time": now(),
-                               "fieldsType": "FieldsV1", "fieldsV1": fields_v1(&m.fields)});
+            let mut e = json!({"manager": m.manager, "operation": m.operation, "apiVersion": version,
+                               "time": m.time.clone().unwrap_or_else(now),
+                               "fieldsType": "FieldsV1", "fieldsV1": fields::to_fields_v1(&m.fields)});
             if let Some(s) = &m.subresource {
                 e["subresource"] = json!(s);
             }
