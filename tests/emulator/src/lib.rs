@@ -1007,7 +1007,7 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
     // Unknown fields: pruned with a warning, or refused under fieldValidation=Strict.
     let strict_check = |s: &Store, v: &Value| -> Result<Vec<String>, ApiError> {
         let k = s.kind(&t.group, &t.plural)?.clone();
-        let (_, unknown) = s.validate(&k, v.clone())?;
+        let (_, unknown) = s.validate_partial(&k, v.clone())?;
         if strict && !unknown.is_empty() {
             return Err(ApiError::new(
                 400,

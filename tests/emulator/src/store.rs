@@ -677,7 +677,7 @@ impl Store {
                 m.remove(f);
             }
         }
-        let (config, warnings) = self.validate(&k, config)?;
+        let (config, warnings) = self.validate_partial(&k, config)?;
         let schema = k.schema_for(&config);
         let mut applied = fields::leaves(&config, schema);
         if status {
@@ -770,6 +770,7 @@ impl Store {
             fields::remove_path(&mut obj, f, &keep_item);
         }
         merge_config(&mut obj, &config, status, k.status_subresource, schema);
+        self.validate(&k, obj.clone())?;
         let same_fields = previously == applied;
         let old_time = managed.iter().find(|m| mine(m)).and_then(|m| m.time.clone());
         managed.retain(|m| !mine(m));
@@ -892,7 +893,22 @@ impl Store {
 
     /// Validates a custom resource against its schema: type errors fail; unknown fields are pruned (and
     /// named in the returned warnings), or fail under `fieldValidation=Strict` (handled by the caller).
-    pub fn validate(&self, k: &Kind, mut obj: Value) -> Result<(Value, Vec<String>), ApiError> {
+    pub fn validate(&self, k: &Kind, obj: Value) -> Result<(Value, Vec<String>), ApiError> {
+        self.validate_with(k, obj, true)
+    }
+
+    /// As [`Store::validate`], without `required` checks: for an apply configuration, which need not
+    /// repeat fields others own (the merged object is validated in full).
+    pub fn validate_partial(&self, k: &Kind, obj: Value) -> Result<(Value, Vec<String>), ApiError> {
+        self.validate_with(k, obj, false)
+    }
+
+    fn validate_with(
+        &self,
+        k: &Kind,
+        mut obj: Value,
+        required: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let mut warnings = Vec::new();
         let Some(schema) = k.schema_for(&obj).cloned() else {
             return Ok((obj, warnings));
@@ -934,6 +950,9 @@ impl Store {
                 o.remove(&u);
                 warnings.push(format!(".{u}"));
             }
+        }
+        if !required {
+            errors.retain(|e| !e.ends_with(": Required value"));
         }
         if !errors.is_empty() {
             return Err(ApiError::new(
