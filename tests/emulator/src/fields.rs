@@ -213,8 +213,7 @@ pub fn remove_path(v: &mut Value, f: &[String], keep_item: &dyn Fn(&[String]) ->
         };
         if rest.is_empty() {
             if let Some(v) = first.strip_prefix("v:") {
-                if let (Ok(val), Some(a)) = (serde_json::from_str::<Value>(v), cur.as_array_mut())
-                {
+                if let (Ok(val), Some(a)) = (serde_json::from_str::<Value>(v), cur.as_array_mut()) {
                     a.retain(|x| *x != val);
                 }
             } else if let (Some(name), Some(m)) = (first.strip_prefix("f:"), cur.as_object_mut()) {

@@ -691,7 +691,8 @@ fn discovery(inner: &Inner, path: &str, aggregated: bool) -> Option<(Value, &'st
         .split('/')
         .filter(|x| !x.is_empty())
         .collect();
-    let version_entry = |g: &str, v: &str| json!({"groupVersion": group_version(g, v), "version": v});
+    let version_entry =
+        |g: &str, v: &str| json!({"groupVersion": group_version(g, v), "version": v});
     match segs.as_slice() {
         ["version"] => Some((
             json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-ksit-emulator", "gitCommit": "", "gitTreeState": "clean",
@@ -994,10 +995,9 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
                 )
             })?;
         // The namespace of the object must be the request's (cluster-scoped kinds: it is dropped).
-        if let (Some(want), Some(got)) = (
-            ns,
-            v.pointer("/metadata/namespace").and_then(Value::as_str),
-        ) {
+        if let (Some(want), Some(got)) =
+            (ns, v.pointer("/metadata/namespace").and_then(Value::as_str))
+        {
             if !got.is_empty() && got != want {
                 return Err(ApiError::new(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"));
             }
@@ -1022,7 +1022,11 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
         Ok(unknown)
     };
     match r.verb {
-        "get" => Ok((StatusCode::OK, s.get(&t.group, &t.plural, ns, &name)?, vec![])),
+        "get" => Ok((
+            StatusCode::OK,
+            s.get(&t.group, &t.plural, ns, &name)?,
+            vec![],
+        )),
         "list" => list(s, t, r.q),
         "create" => {
             let v = parse(r.body)?;
@@ -1064,8 +1068,7 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
             let w = strict_check(s, &v)?;
             let force = r.q.get("force").map(String::as_str) == Some("true");
             let existed = s.get(&t.group, &t.plural, ns, &name).is_ok();
-            let (out, _, _) =
-                s.apply(&t.group, &t.plural, ns, &name, v, manager, force, status)?;
+            let (out, _, _) = s.apply(&t.group, &t.plural, ns, &name, v, manager, force, status)?;
             let code = if existed {
                 StatusCode::OK
             } else {
@@ -1079,7 +1082,8 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
             let patched = if r.content_type.starts_with("application/json-patch") {
                 json_patch(live.clone(), &patch)?
             } else if r.content_type.starts_with("application/merge-patch")
-                || r.content_type.starts_with("application/strategic-merge-patch")
+                || r.content_type
+                    .starts_with("application/strategic-merge-patch")
             {
                 let mut l = live.clone();
                 merge_patch(&mut l, &patch);
@@ -1433,4 +1437,3 @@ fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, ApiError> {
     }
     Ok(doc)
 }
-

@@ -532,15 +532,15 @@ impl Store {
                 .and_then(Value::as_str)
                 .filter(|rv| !rv.is_empty())
             {
-                Some(rv) => {
+                Some(rv)
                     if Some(rv)
                         != old
                             .pointer("/metadata/resourceVersion")
-                            .and_then(Value::as_str)
-                    {
-                        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(group, plural))));
-                    }
+                            .and_then(Value::as_str) =>
+                {
+                    return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(group, plural))));
                 }
+                Some(_) => {}
                 None if !k.builtin => {
                     return Err(ApiError::new(
                         422,
@@ -699,19 +699,26 @@ impl Store {
                 }
             }
             meta_mut(&mut obj).insert("name".into(), json!(name));
-            let created =
-                self.create_as(group, plural, ns.as_deref(), obj, manager, "Apply", Some(applied))?;
+            let created = self.create_as(
+                group,
+                plural,
+                ns.as_deref(),
+                obj,
+                manager,
+                "Apply",
+                Some(applied),
+            )?;
             return Ok((created, true, warnings));
         };
         let sub = status.then(|| "status".to_string());
-        let mine = |m: &Managed| m.manager == manager && m.operation == "Apply" && m.subresource == sub;
+        let mine =
+            |m: &Managed| m.manager == manager && m.operation == "Apply" && m.subresource == sub;
         let mut managed = get_managed(&old);
         // Conflicts: a field another manager owns, applied with a different value.
         let mut conflicts: Vec<(String, String)> = Vec::new();
         for m in managed.iter().filter(|m| !mine(m)) {
             for f in &m.fields {
-                if applied.contains(f)
-                    && fields::get_path(&old, f) != fields::get_path(&config, f)
+                if applied.contains(f) && fields::get_path(&old, f) != fields::get_path(&config, f)
                 {
                     conflicts.push((m.manager.clone(), fields::display(f)));
                 }
@@ -736,7 +743,8 @@ impl Store {
                     text.join("\n")
                 ),
             );
-            e.details = Some(json!({"name": name, "group": group, "kind": plural, "causes": causes}));
+            e.details =
+                Some(json!({"name": name, "group": group, "kind": plural, "causes": causes}));
             return Err(e);
         }
         let previously: FieldSet = managed
@@ -749,8 +757,7 @@ impl Store {
         for m in managed.iter_mut().filter(|m| !mine(m)) {
             let before = m.fields.len();
             m.fields.retain(|f| {
-                !(applied.contains(f)
-                    && fields::get_path(&old, f) != fields::get_path(&config, f))
+                !(applied.contains(f) && fields::get_path(&old, f) != fields::get_path(&config, f))
             });
             if m.fields.len() != before {
                 m.time = None;
@@ -772,7 +779,10 @@ impl Store {
         merge_config(&mut obj, &config, status, k.status_subresource, schema);
         self.validate(&k, obj.clone())?;
         let same_fields = previously == applied;
-        let old_time = managed.iter().find(|m| mine(m)).and_then(|m| m.time.clone());
+        let old_time = managed
+            .iter()
+            .find(|m| mine(m))
+            .and_then(|m| m.time.clone());
         managed.retain(|m| !mine(m));
         managed.push(Managed {
             manager: manager.into(),

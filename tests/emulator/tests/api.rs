@@ -29,7 +29,12 @@ fn cm(name: &str, data: Value) -> Value {
 
 /// A raw HTTP/1.1 request; returns the status line + headers, and the body read until `until` appears in
 /// it or the time is up.
-async fn raw(e: &Emulator, method: &str, path: &str, body: Option<(&str, &str)>) -> (String, String) {
+async fn raw(
+    e: &Emulator,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> (String, String) {
     raw_until(e, method, path, body, "", Duration::from_secs(2)).await
 }
 
@@ -163,17 +168,27 @@ where
 async fn watcher_sees_added_modified_deleted_in_order() {
     let e = Emulator::start("w").await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client(&e).await, "default");
-    api.create(&PostParams::default(), &serde_json::from_value(cm("a", json!({"v": "1"}))).unwrap())
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(cm("a", json!({"v": "1"}))).unwrap(),
+    )
+    .await
+    .unwrap();
     let mut w = watcher(api.clone(), watcher::Config::default()).boxed();
     assert_eq!(wait_init(&mut w).await, vec!["a"]);
-    api.create(&PostParams::default(), &serde_json::from_value(cm("b", json!({}))).unwrap())
-        .await
-        .unwrap();
-    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "2"}})))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(cm("b", json!({}))).unwrap(),
+    )
+    .await
+    .unwrap();
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"v": "2"}})),
+    )
+    .await
+    .unwrap();
     api.delete("b", &DeleteParams::default()).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
@@ -181,9 +196,15 @@ async fn watcher_sees_added_modified_deleted_in_order() {
             watcher::Event::Apply(o) => seen.push(format!(
                 "apply {} {}",
                 o.metadata.name.unwrap_or_default(),
-                o.data.unwrap_or_default().get("v").cloned().unwrap_or_default()
+                o.data
+                    .unwrap_or_default()
+                    .get("v")
+                    .cloned()
+                    .unwrap_or_default()
             )),
-            watcher::Event::Delete(o) => seen.push(format!("delete {}", o.metadata.name.unwrap_or_default())),
+            watcher::Event::Delete(o) => {
+                seen.push(format!("delete {}", o.metadata.name.unwrap_or_default()))
+            }
             _ => {}
         }
     }
@@ -217,19 +238,34 @@ async fn too_old_resource_version_gets_410_and_the_watcher_relists() {
         Duration::from_secs(2),
     )
     .await;
-    let ev: Value = serde_json::from_str(body.lines().find(|l| l.starts_with('{')).unwrap_or(&body)).unwrap_or(json!({}));
+    let ev: Value =
+        serde_json::from_str(body.lines().find(|l| l.starts_with('{')).unwrap_or(&body))
+            .unwrap_or(json!({}));
     assert_eq!(ev["type"], "ERROR", "{body}");
-    assert_eq!((ev["object"]["code"].as_i64(), ev["object"]["reason"].as_str()), (Some(410), Some("Expired")));
+    assert_eq!(
+        (
+            ev["object"]["code"].as_i64(),
+            ev["object"]["reason"].as_str()
+        ),
+        (Some(410), Some("Expired"))
+    );
     // The watcher recovers by listing again, and sees all eleven objects.
     e.reset_stats();
     let names = loop {
-        match tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Ok(watcher::Event::Init) => break wait_init(&mut w).await,
             _ => continue,
         }
     };
     assert_eq!(names.len(), 11, "{names:?}");
-    assert!(e.request_log().iter().any(|r| r.verb == "list" && r.resource == "configmaps"));
+    assert!(e
+        .request_log()
+        .iter()
+        .any(|r| r.verb == "list" && r.resource == "configmaps"));
     // And keeps watching.
     e.put(cm("after", json!({})), "t").unwrap();
     loop {
@@ -255,7 +291,8 @@ async fn bookmarks_initial_events_and_timeout() {
         Duration::from_secs(3),
     )
     .await;
-    let ev: Value = serde_json::from_str(body.lines().find(|l| l.contains("BOOKMARK")).unwrap()).unwrap();
+    let ev: Value =
+        serde_json::from_str(body.lines().find(|l| l.contains("BOOKMARK")).unwrap()).unwrap();
     assert_eq!(ev["object"]["metadata"]["resourceVersion"], rv.to_string());
     // sendInitialEvents: the current objects, then a bookmark marking their end.
     let (_, body) = raw_until(
@@ -267,9 +304,15 @@ async fn bookmarks_initial_events_and_timeout() {
         Duration::from_secs(3),
     )
     .await;
-    let lines: Vec<Value> = body.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let lines: Vec<Value> = body
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     assert_eq!(lines[0]["type"], "ADDED");
-    assert_eq!(lines[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(
+        lines[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
     // timeoutSeconds ends the stream.
     let start = std::time::Instant::now();
     let (_, body) = raw_until(
@@ -281,7 +324,10 @@ async fn bookmarks_initial_events_and_timeout() {
         Duration::from_secs(5),
     )
     .await;
-    assert!(start.elapsed() < Duration::from_secs(4), "the watch ended on its timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "the watch ended on its timeout"
+    );
     assert!(!body.contains("ADDED"));
     // kube-rs in streaming-list mode works too.
     let api: Api<ConfigMap> = Api::all(client(&e).await);
@@ -298,7 +344,14 @@ async fn crd_created_through_the_api_serves_validates_and_goes_away() {
     crds.create(&PostParams::default(), &crd).await.unwrap();
     let api = gadgets(c.clone(), "v1");
     let o = api
-        .patch("g", &PatchParams::apply("me"), &Patch::Apply(gadget("g", json!({"mode": "a", "replicas": 3, "port": "http", "extra": {"any": {"thing": 1}}}))))
+        .patch(
+            "g",
+            &PatchParams::apply("me"),
+            &Patch::Apply(gadget(
+                "g",
+                json!({"mode": "a", "replicas": 3, "port": "http", "extra": {"any": {"thing": 1}}}),
+            )),
+        )
         .await
         .unwrap();
     assert_eq!(o.data["spec"]["extra"]["any"]["thing"], 1);
@@ -309,22 +362,38 @@ async fn crd_created_through_the_api_serves_validates_and_goes_away() {
     let invalid = |spec: Value| {
         let api = api.clone();
         async move {
-            match api.patch("bad", &PatchParams::apply("me"), &Patch::Apply(gadget("bad", spec))).await {
+            match api
+                .patch(
+                    "bad",
+                    &PatchParams::apply("me"),
+                    &Patch::Apply(gadget("bad", spec)),
+                )
+                .await
+            {
                 Err(kube::Error::Api(s)) => (s.code, s.message),
                 other => panic!("expected a validation error, got {other:?}"),
             }
         }
     };
     let (code, msg) = invalid(json!({"mode": "c"})).await;
-    assert!(code == 422 && msg.contains(".spec.mode") && msg.contains("Unsupported value"), "{msg}");
+    assert!(
+        code == 422 && msg.contains(".spec.mode") && msg.contains("Unsupported value"),
+        "{msg}"
+    );
     let (code, msg) = invalid(json!({"mode": "a", "replicas": 11})).await;
     assert!(code == 422 && msg.contains(".spec.replicas"), "{msg}");
     let (code, msg) = invalid(json!({"mode": "a", "replicas": "3"})).await;
-    assert!(code == 422 && msg.contains(".spec.replicas") && msg.contains("integer"), "{msg}");
+    assert!(
+        code == 422 && msg.contains(".spec.replicas") && msg.contains("integer"),
+        "{msg}"
+    );
     let (_, msg) = invalid(json!({"replicas": 1})).await;
     assert!(msg.contains(".spec.mode: Required value"), "{msg}");
     let (_, msg) = invalid(json!({"mode": "a", "host": "UPPER"})).await;
-    assert!(msg.contains(".spec.host") && msg.contains("should match"), "{msg}");
+    assert!(
+        msg.contains(".spec.host") && msg.contains("should match"),
+        "{msg}"
+    );
     let (_, msg) = invalid(json!({"mode": "a", "port": 1.5})).await;
     assert!(msg.contains(".spec.port"), "{msg}");
     let (_, msg) = invalid(json!({"mode": "a", "tags": [1]})).await;
@@ -334,11 +403,22 @@ async fn crd_created_through_the_api_serves_validates_and_goes_away() {
         field_validation: Some(kube::api::ValidationDirective::Strict),
         ..PatchParams::apply("me")
     };
-    let r = api.patch("s", &strict, &Patch::Apply(gadget("s", json!({"mode": "a", "upsync": []})))).await;
+    let r = api
+        .patch(
+            "s",
+            &strict,
+            &Patch::Apply(gadget("s", json!({"mode": "a", "upsync": []}))),
+        )
+        .await;
     match r {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 400);
-            assert!(s.message.contains(".spec.upsync: field not declared in schema"), "{}", s.message);
+            assert!(
+                s.message
+                    .contains(".spec.upsync: field not declared in schema"),
+                "{}",
+                s.message
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -346,25 +426,48 @@ async fn crd_created_through_the_api_serves_validates_and_goes_away() {
         &e,
         "POST",
         "/apis/x.io/v1/namespaces/default/gadgets",
-        Some(("application/json", &gadget("w", json!({"mode": "b", "upsync": [], "ports": [{"name": "p", "bogus": 1}]})).to_string())),
+        Some((
+            "application/json",
+            &gadget(
+                "w",
+                json!({"mode": "b", "upsync": [], "ports": [{"name": "p", "bogus": 1}]}),
+            )
+            .to_string(),
+        )),
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 201"), "{head}\n{body}");
-    assert!(head.to_lowercase().contains(r#"warning: 299 - "unknown field \"spec.upsync\"""#), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains(r#"warning: 299 - "unknown field \"spec.upsync\"""#),
+        "{head}"
+    );
     assert!(head.contains(r#"spec.ports[0].bogus"#), "{head}");
     let stored = e.object("x.io", "gadgets", Some("default"), "w").unwrap();
-    assert!(stored["spec"].get("upsync").is_none() && stored["spec"]["ports"][0].get("bogus").is_none());
+    assert!(
+        stored["spec"].get("upsync").is_none() && stored["spec"]["ports"][0].get("bogus").is_none()
+    );
     // Discovery lists it, with its status subresource and short name.
     let (_, body) = raw(&e, "GET", "/apis/x.io/v1", None).await;
     let rl: Value = serde_json::from_str(&body).unwrap();
-    let names: Vec<&str> = rl["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rl["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["gadgets", "gadgets/status"]);
     assert_eq!(rl["resources"][0]["shortNames"], json!(["gd"]));
     // Deleting the CRD removes the kind and its objects.
-    crds.delete("gadgets.x.io", &DeleteParams::default()).await.unwrap();
+    crds.delete("gadgets.x.io", &DeleteParams::default())
+        .await
+        .unwrap();
     assert!(e.objects("x.io", "gadgets").is_empty());
     match api.get("g").await {
-        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.message.as_str()), (404, "the server could not find the requested resource")),
+        Err(kube::Error::Api(s)) => assert_eq!(
+            (s.code, s.message.as_str()),
+            (404, "the server could not find the requested resource")
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -375,28 +478,69 @@ async fn apply_merges_keyed_lists_and_removes_what_a_manager_drops() {
     e.load_crds_yaml(CRD).unwrap();
     let api = gadgets(client(&e).await, "v1");
     let ssa = PatchParams::apply;
-    api.patch("g", &ssa("alice"), &Patch::Apply(gadget("g", json!({"mode": "a", "ports": [{"name": "http", "port": 80}], "tags": ["x"]}))))
-        .await
-        .unwrap();
+    api.patch(
+        "g",
+        &ssa("alice"),
+        &Patch::Apply(gadget(
+            "g",
+            json!({"mode": "a", "ports": [{"name": "http", "port": 80}], "tags": ["x"]}),
+        )),
+    )
+    .await
+    .unwrap();
     // bob adds his own port item: the list is keyed by name, so alice's stays.
     let o = api
-        .patch("g", &ssa("bob"), &Patch::Apply(gadget("g", json!({"ports": [{"name": "grpc", "port": 9000}]}))))
+        .patch(
+            "g",
+            &ssa("bob"),
+            &Patch::Apply(gadget(
+                "g",
+                json!({"ports": [{"name": "grpc", "port": 9000}]}),
+            )),
+        )
         .await
         .unwrap();
-    let ports: Vec<&str> = o.data["spec"]["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let ports: Vec<&str> = o.data["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(ports, vec!["http", "grpc"]);
     let mf = serde_json::to_value(&o.metadata.managed_fields).unwrap();
-    let bob = mf.as_array().unwrap().iter().find(|m| m["manager"] == "bob").unwrap();
-    assert!(bob["fieldsV1"]["f:spec"]["f:ports"].get(r#"k:{"name":"grpc"}"#).is_some(), "{bob}");
+    let bob = mf
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["manager"] == "bob")
+        .unwrap();
+    assert!(
+        bob["fieldsV1"]["f:spec"]["f:ports"]
+            .get(r#"k:{"name":"grpc"}"#)
+            .is_some(),
+        "{bob}"
+    );
     assert_eq!(bob["operation"], "Apply");
     // bob changing alice's port conflicts, naming the field and alice; force takes it over.
     let r = api
-        .patch("g", &ssa("bob"), &Patch::Apply(gadget("g", json!({"ports": [{"name": "grpc", "port": 9000}, {"name": "http", "port": 8080}]}))))
+        .patch(
+            "g",
+            &ssa("bob"),
+            &Patch::Apply(gadget(
+                "g",
+                json!({"ports": [{"name": "grpc", "port": 9000}, {"name": "http", "port": 8080}]}),
+            )),
+        )
         .await;
     match r {
         Err(kube::Error::Api(s)) => {
             assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
-            assert!(s.message.contains("alice") && s.message.contains(".spec.ports[name=\"http\"].port"), "{}", s.message);
+            assert!(
+                s.message.contains("alice")
+                    && s.message.contains(".spec.ports[name=\"http\"].port"),
+                "{}",
+                s.message
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -408,44 +552,103 @@ async fn apply_merges_keyed_lists_and_removes_what_a_manager_drops() {
     )
     .await;
     let status: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["details"]["causes"][0]["field"], ".spec.ports[name=\"http\"].port", "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"], ".spec.ports[name=\"http\"].port",
+        "{status}"
+    );
     let o = api
-        .patch("g", &ssa("bob").force(), &Patch::Apply(gadget("g", json!({"ports": [{"name": "grpc", "port": 9000}, {"name": "http", "port": 8080}]}))))
+        .patch(
+            "g",
+            &ssa("bob").force(),
+            &Patch::Apply(gadget(
+                "g",
+                json!({"ports": [{"name": "grpc", "port": 9000}, {"name": "http", "port": 8080}]}),
+            )),
+        )
         .await
         .unwrap();
     assert_eq!(o.data["spec"]["ports"][0]["port"], 8080);
     // alice stops applying tags and the http port: tags go; the http item stays (bob owns its port).
     let o = api
-        .patch("g", &ssa("alice"), &Patch::Apply(gadget("g", json!({"mode": "a"}))))
+        .patch(
+            "g",
+            &ssa("alice"),
+            &Patch::Apply(gadget("g", json!({"mode": "a"}))),
+        )
         .await
         .unwrap();
     assert!(o.data["spec"].get("tags").is_none(), "{}", o.data);
-    assert_eq!(o.data["spec"]["ports"].as_array().unwrap().len(), 2, "{}", o.data);
+    assert_eq!(
+        o.data["spec"]["ports"].as_array().unwrap().len(),
+        2,
+        "{}",
+        o.data
+    );
     // bob stops applying grpc: that item goes.
     let o = api
-        .patch("g", &ssa("bob"), &Patch::Apply(gadget("g", json!({"ports": [{"name": "http", "port": 8080}]}))))
+        .patch(
+            "g",
+            &ssa("bob"),
+            &Patch::Apply(gadget(
+                "g",
+                json!({"ports": [{"name": "http", "port": 8080}]}),
+            )),
+        )
         .await
         .unwrap();
-    let ports: Vec<&str> = o.data["spec"]["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let ports: Vec<&str> = o.data["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(ports, vec!["http"]);
     // A no-op re-apply changes nothing: same resourceVersion, no effective change, no event.
     e.reset_stats();
     let again = api
-        .patch("g", &ssa("bob"), &Patch::Apply(gadget("g", json!({"ports": [{"name": "http", "port": 8080}]}))))
+        .patch(
+            "g",
+            &ssa("bob"),
+            &Patch::Apply(gadget(
+                "g",
+                json!({"ports": [{"name": "http", "port": 8080}]}),
+            )),
+        )
         .await
         .unwrap();
     assert_eq!(again.metadata.resource_version, o.metadata.resource_version);
-    assert_eq!(again.metadata.managed_fields, o.metadata.managed_fields, "managedFields times do not move");
+    assert_eq!(
+        again.metadata.managed_fields, o.metadata.managed_fields,
+        "managedFields times do not move"
+    );
     let st = e.stats();
-    assert_eq!((st.writes, st.changes, st.by_verb.get("patch").copied()), (1, 0, Some(1)));
+    assert_eq!(
+        (st.writes, st.changes, st.by_verb.get("patch").copied()),
+        (1, 0, Some(1))
+    );
     // Non-apply writes are recorded under their manager (fieldManager, else the user agent) as Update.
-    api.patch("g", &PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() }, &Patch::Merge(json!({"spec": {"replicas": 2}})))
-        .await
-        .unwrap();
+    api.patch(
+        "g",
+        &PatchParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await
+    .unwrap();
     let o = api.get("g").await.unwrap();
-    let edit = o.metadata.managed_fields.unwrap().into_iter().find(|m| m.manager.as_deref() == Some("kubectl-edit")).unwrap();
+    let edit = o
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("kubectl-edit"))
+        .unwrap();
     assert_eq!(edit.operation.as_deref(), Some("Update"));
-    assert!(serde_json::to_string(&edit.fields_v1).unwrap().contains("f:replicas"));
+    assert!(serde_json::to_string(&edit.fields_v1)
+        .unwrap()
+        .contains("f:replicas"));
     assert_eq!(e.stats().changes_by_verb.get("patch"), Some(&1));
 }
 
@@ -456,22 +659,58 @@ async fn status_is_a_separate_subresource_and_generation_tracks_spec() {
     let api = gadgets(client(&e).await, "v1");
     let mut g = gadget("g", json!({"mode": "a"}));
     g["status"] = json!({"ready": true});
-    let o = api.patch("g", &PatchParams::apply("m"), &Patch::Apply(&g)).await.unwrap();
-    assert_eq!(o.metadata.generation, Some(1));
-    assert!(o.data.get("status").is_none(), "status ignored on the main resource");
-    let rv1 = o.metadata.resource_version.clone();
     let o = api
-        .patch_status("g", &PatchParams::default(), &Patch::Merge(json!({"status": {"ready": true}, "spec": {"mode": "b"}})))
+        .patch("g", &PatchParams::apply("m"), &Patch::Apply(&g))
         .await
         .unwrap();
-    assert_eq!((o.metadata.generation, o.data["spec"]["mode"].as_str()), (Some(1), Some("a")), "a status write changes only status");
+    assert_eq!(o.metadata.generation, Some(1));
+    assert!(
+        o.data.get("status").is_none(),
+        "status ignored on the main resource"
+    );
+    let rv1 = o.metadata.resource_version.clone();
+    let o = api
+        .patch_status(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"ready": true}, "spec": {"mode": "b"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.metadata.generation, o.data["spec"]["mode"].as_str()),
+        (Some(1), Some("a")),
+        "a status write changes only status"
+    );
     assert_eq!(o.data["status"]["ready"], true);
     assert_ne!(o.metadata.resource_version, rv1);
     // metadata changes keep the generation; spec changes bump it.
-    let o = api.patch("g", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}))).await.unwrap();
+    let o = api
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(o.metadata.generation, Some(1));
-    let o = api.patch("g", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([{"op": "replace", "path": "/spec/mode", "value": "b"}])).unwrap())).await.unwrap();
-    assert_eq!((o.metadata.generation, o.data["status"]["ready"].as_bool()), (Some(2), Some(true)));
+    let o = api
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(
+                    json!([{"op": "replace", "path": "/spec/mode", "value": "b"}]),
+                )
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.metadata.generation, o.data["status"]["ready"].as_bool()),
+        (Some(2), Some(true))
+    );
     // PUT with a stale resourceVersion conflicts.
     let mut stale = o.clone();
     stale.metadata.resource_version = rv1;
@@ -485,19 +724,51 @@ async fn status_is_a_separate_subresource_and_generation_tracks_spec() {
 #[tokio::test]
 async fn scopes_and_unknown_resources_answer_like_a_real_server() {
     let e = Emulator::start("scope").await.unwrap();
-    let (head, body) = raw(&e, "GET", "/apis/networking.istio.io/v1/namespaces/default/virtualservices", None).await;
+    let (head, body) = raw(
+        &e,
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/default/virtualservices",
+        None,
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let s: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((s["kind"].as_str(), s["reason"].as_str(), s["message"].as_str()), (Some("Status"), Some("NotFound"), Some("the server could not find the requested resource")));
+    assert_eq!(
+        (
+            s["kind"].as_str(),
+            s["reason"].as_str(),
+            s["message"].as_str()
+        ),
+        (
+            Some("Status"),
+            Some("NotFound"),
+            Some("the server could not find the requested resource")
+        )
+    );
     // A cluster-scoped kind under a namespace: no such route.
     let (head, _) = raw(&e, "GET", "/api/v1/namespaces/default/namespaces", None).await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     // A namespaced object through the cluster-wide path: not allowed.
-    let (head, _) = raw(&e, "POST", "/api/v1/configmaps", Some(("application/json", &cm("c", json!({})).to_string()))).await;
+    let (head, _) = raw(
+        &e,
+        "POST",
+        "/api/v1/configmaps",
+        Some(("application/json", &cm("c", json!({})).to_string())),
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     // A body namespace that is not the URL's.
-    let (head, body) = raw(&e, "POST", "/api/v1/namespaces/kube-system/configmaps", Some(("application/json", &cm("c", json!({})).to_string()))).await;
-    assert!(head.starts_with("HTTP/1.1 400") && body.contains("does not match"), "{head} {body}");
+    let (head, body) = raw(
+        &e,
+        "POST",
+        "/api/v1/namespaces/kube-system/configmaps",
+        Some(("application/json", &cm("c", json!({})).to_string())),
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("does not match"),
+        "{head} {body}"
+    );
     // Cluster-wide list across namespaces, paging, field selectors, generateName.
     let api_all: Api<ConfigMap> = Api::all(client(&e).await);
     let c = client(&e).await;
@@ -506,32 +777,88 @@ async fn scopes_and_unknown_resources_answer_like_a_real_server() {
         for i in 0..3 {
             let mut o = cm("", json!({}));
             o["metadata"] = json!({"generateName": "gen-", "labels": {"i": i.to_string()}});
-            api.create(&PostParams::default(), &serde_json::from_value(o).unwrap()).await.unwrap();
+            api.create(&PostParams::default(), &serde_json::from_value(o).unwrap())
+                .await
+                .unwrap();
         }
     }
     let all = api_all.list(&ListParams::default()).await.unwrap();
     assert_eq!(all.items.len(), 6);
-    assert!(all.items.iter().all(|o| o.metadata.name.as_deref().unwrap().starts_with("gen-")));
+    assert!(all
+        .items
+        .iter()
+        .all(|o| o.metadata.name.as_deref().unwrap().starts_with("gen-")));
     let page = api_all.list(&ListParams::default().limit(4)).await.unwrap();
-    assert_eq!((page.items.len(), page.metadata.remaining_item_count), (4, Some(2)));
-    let rest = api_all.list(&ListParams::default().limit(4).continue_token(page.metadata.continue_.as_deref().unwrap())).await.unwrap();
+    assert_eq!(
+        (page.items.len(), page.metadata.remaining_item_count),
+        (4, Some(2))
+    );
+    let rest = api_all
+        .list(
+            &ListParams::default()
+                .limit(4)
+                .continue_token(page.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
     assert_eq!((rest.items.len(), rest.metadata.continue_), (2, None));
-    let by_ns = api_all.list(&ListParams::default().fields("metadata.namespace=kube-system")).await.unwrap();
+    let by_ns = api_all
+        .list(&ListParams::default().fields("metadata.namespace=kube-system"))
+        .await
+        .unwrap();
     assert_eq!(by_ns.items.len(), 3);
-    for (sel, n) in [("i", 6), ("!i", 0), ("i notin (0,1)", 2), ("i==1", 2), ("i in (0)", 2)] {
-        assert_eq!(api_all.list(&ListParams::default().labels(sel)).await.unwrap().items.len(), n, "{sel}");
+    for (sel, n) in [
+        ("i", 6),
+        ("!i", 0),
+        ("i notin (0,1)", 2),
+        ("i==1", 2),
+        ("i in (0)", 2),
+    ] {
+        assert_eq!(
+            api_all
+                .list(&ListParams::default().labels(sel))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            n,
+            "{sel}"
+        );
     }
     // deletecollection in a namespace.
     let api: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
-    api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("i in (0,1)")).await.unwrap();
-    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("i in (0,1)"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
     // Deleting a namespace deletes what is in it; finalizers hold an object until removed.
     let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
-    nsapi.delete("kube-system", &DeleteParams::default()).await.unwrap();
-    assert_eq!(api_all.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    nsapi
+        .delete("kube-system", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_all
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     let log = e.request_log();
-    assert!(log.iter().any(|r| r.verb == "deletecollection" && r.resource == "configmaps" && r.namespace.as_deref() == Some("default")));
-    assert!(log.iter().any(|r| r.verb == "list" && r.namespace.is_none()));
+    assert!(log.iter().any(|r| r.verb == "deletecollection"
+        && r.resource == "configmaps"
+        && r.namespace.as_deref() == Some("default")));
+    assert!(log
+        .iter()
+        .any(|r| r.verb == "list" && r.namespace.is_none()));
 }
 
 #[tokio::test]
@@ -541,24 +868,63 @@ async fn discovery_plain_and_aggregated() {
     let c = client(&e).await;
     for d in [
         kube::Discovery::new(c.clone()).run().await.unwrap(),
-        kube::Discovery::new(c.clone()).run_aggregated().await.unwrap(),
+        kube::Discovery::new(c.clone())
+            .run_aggregated()
+            .await
+            .unwrap(),
     ] {
-        let (ar, caps) = d.resolve_gvk(&kube::api::GroupVersionKind::gvk("x.io", "v1", "Gadget")).unwrap();
+        let (ar, caps) = d
+            .resolve_gvk(&kube::api::GroupVersionKind::gvk("x.io", "v1", "Gadget"))
+            .unwrap();
         assert_eq!(ar.plural, "gadgets");
         assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
-        assert!(caps.subresources.iter().any(|(s, _)| s.plural == "gadgets/status" || s.plural == "status"), "{:?}", caps.subresources);
-        let (_, caps) = d.resolve_gvk(&kube::api::GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition")).unwrap();
+        assert!(
+            caps.subresources
+                .iter()
+                .any(|(s, _)| s.plural == "gadgets/status" || s.plural == "status"),
+            "{:?}",
+            caps.subresources
+        );
+        let (_, caps) = d
+            .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+            ))
+            .unwrap();
         assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
-        assert!(d.resolve_gvk(&kube::api::GroupVersionKind::gvk("", "v1", "ConfigMap")).is_some());
-        assert!(d.resolve_gvk(&kube::api::GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease")).is_some());
-        assert!(d.resolve_gvk(&kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event")).is_some());
+        assert!(d
+            .resolve_gvk(&kube::api::GroupVersionKind::gvk("", "v1", "ConfigMap"))
+            .is_some());
+        assert!(d
+            .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+                "coordination.k8s.io",
+                "v1",
+                "Lease"
+            ))
+            .is_some());
+        assert!(d
+            .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+                "events.k8s.io",
+                "v1",
+                "Event"
+            ))
+            .is_some());
     }
     // DynamicObject with what discovery found.
     let d = kube::Discovery::new(c.clone()).run().await.unwrap();
-    let (ar, _) = d.resolve_gvk(&kube::api::GroupVersionKind::gvk("apps", "v1", "Deployment")).unwrap();
+    let (ar, _) = d
+        .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+            "apps",
+            "v1",
+            "Deployment",
+        ))
+        .unwrap();
     let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
     let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 1}});
-    api.patch("d", &PatchParams::apply("t"), &Patch::Apply(&dep)).await.unwrap();
+    api.patch("d", &PatchParams::apply("t"), &Patch::Apply(&dep))
+        .await
+        .unwrap();
     let got: Vec<DynamicObject> = api.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data["spec"]["replicas"], 1);
@@ -584,8 +950,20 @@ async fn shared_istio_and_kubestellar_crds() {
         kind: kind.into(),
         plural: plural.into(),
     };
-    let strict = PatchParams { field_validation: Some(kube::api::ValidationDirective::Strict), ..PatchParams::apply("ksit") };
-    let vs: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &dynamic("networking.istio.io", "v1", "VirtualService", "virtualservices"));
+    let strict = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..PatchParams::apply("ksit")
+    };
+    let vs: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        "default",
+        &dynamic(
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+        ),
+    );
     let o = vs
         .patch("reviews", &strict, &Patch::Apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "reviews"},
             "spec": {"hosts": ["reviews"], "http": [{"match": [{"headers": {"x-canary": {"exact": "1"}}}],
@@ -597,8 +975,20 @@ async fn shared_istio_and_kubestellar_crds() {
         .patch("bad", &strict, &Patch::Apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bad"},
             "spec": {"hosts": ["x"], "htp": []}})))
         .await;
-    assert!(matches!(&bad, Err(kube::Error::Api(s)) if s.code == 400 && s.message.contains(".spec.htp")), "{bad:?}");
-    let wp: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &dynamic("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"));
+    assert!(
+        matches!(&bad, Err(kube::Error::Api(s)) if s.code == 400 && s.message.contains(".spec.htp")),
+        "{bad:?}"
+    );
+    let wp: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        "default",
+        &dynamic(
+            "extensions.istio.io",
+            "v1alpha1",
+            "WasmPlugin",
+            "wasmplugins",
+        ),
+    );
     let o = wp
         .patch("ksit", &strict, &Patch::Apply(json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "ksit"},
             "spec": {"url": "oci://example/ksit:1", "phase": "AUTHN", "pluginConfig": {"rules": [{"a": 1}]},
@@ -610,9 +1000,20 @@ async fn shared_istio_and_kubestellar_crds() {
         .patch("bad", &PatchParams::apply("ksit"), &Patch::Apply(json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "bad"},
             "spec": {"url": "oci://x", "phase": "SOMETIME"}})))
         .await;
-    assert!(matches!(&bad, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(".spec.phase")), "{bad:?}");
+    assert!(
+        matches!(&bad, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(".spec.phase")),
+        "{bad:?}"
+    );
     // KubeStellar's BindingPolicy is cluster-scoped: a namespace in its metadata is dropped.
-    let bp: Api<DynamicObject> = Api::all_with(c.clone(), &dynamic("control.kubestellar.io", "v1alpha1", "BindingPolicy", "bindingpolicies"));
+    let bp: Api<DynamicObject> = Api::all_with(
+        c.clone(),
+        &dynamic(
+            "control.kubestellar.io",
+            "v1alpha1",
+            "BindingPolicy",
+            "bindingpolicies",
+        ),
+    );
     let o = bp
         .patch("mesh", &PatchParams::apply("ksit"), &Patch::Apply(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy",
             "metadata": {"name": "mesh", "namespace": "default"},
@@ -620,14 +1021,26 @@ async fn shared_istio_and_kubestellar_crds() {
         .await
         .unwrap();
     assert!(o.metadata.namespace.is_none());
-    assert_eq!(o.data["spec"]["clusterSelectors"][0]["matchLabels"]["mesh"], "enabled");
-    let (head, _) = raw(&e, "GET", "/apis/control.kubestellar.io/v1alpha1/namespaces/default/bindingpolicies/mesh", None).await;
+    assert_eq!(
+        o.data["spec"]["clusterSelectors"][0]["matchLabels"]["mesh"],
+        "enabled"
+    );
+    let (head, _) = raw(
+        &e,
+        "GET",
+        "/apis/control.kubestellar.io/v1alpha1/namespaces/default/bindingpolicies/mesh",
+        None,
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let r = bp
         .patch("mesh", &PatchParams { field_validation: Some(kube::api::ValidationDirective::Strict), ..PatchParams::apply("ksit") },
             &Patch::Apply(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy", "metadata": {"name": "mesh"}, "spec": {"upsync": [{"x": 1}], "bogus": 1}})))
         .await;
-    assert!(matches!(&r, Err(kube::Error::Api(s)) if s.code == 400 && s.message.contains(".spec.bogus")), "{r:?}");
+    assert!(
+        matches!(&r, Err(kube::Error::Api(s)) if s.code == 400 && s.message.contains(".spec.bogus")),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
@@ -641,7 +1054,10 @@ async fn faults_down_up_dropped_watches_error_rate_latency_wipe() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(e.faults().is_down());
     let refused = tokio::net::TcpStream::connect(e.addr()).await;
-    assert_eq!(refused.err().map(|x| x.kind()), Some(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(
+        refused.err().map(|x| x.kind()),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
     assert!(api.get("a").await.is_err());
     e.faults().set_down(false);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -660,7 +1076,10 @@ async fn faults_down_up_dropped_watches_error_rate_latency_wipe() {
             }
         }
     }
-    assert!(e.request_log().iter().any(|r| r.verb == "watch"), "the watcher came back");
+    assert!(
+        e.request_log().iter().any(|r| r.verb == "watch"),
+        "the watcher came back"
+    );
     // Error rate: deterministic for a seed.
     let outcomes = |e: Emulator| async move {
         let api: Api<ConfigMap> = Api::namespaced(client(&e).await, "default");
@@ -689,7 +1108,12 @@ async fn faults_down_up_dropped_watches_error_rate_latency_wipe() {
     e.faults().set_latency(Duration::ZERO);
     // Wipe: a member that comes back empty; watchers see the deletions.
     e.faults().wipe();
-    assert!(api.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     let mut deleted = 0;
     while deleted < 2 {
         if let watcher::Event::Delete(_) = next_event(&mut w).await {
@@ -705,19 +1129,36 @@ async fn faults_down_up_dropped_watches_error_rate_latency_wipe() {
 async fn dry_run_and_kubeconfig() {
     let e = Emulator::start("kc").await.unwrap();
     let kc = e.kubeconfig();
-    assert!(kc.contains(&format!("server: {}", e.url())) && kc.contains("current-context: kc"), "{kc}");
+    assert!(
+        kc.contains(&format!("server: {}", e.url())) && kc.contains("current-context: kc"),
+        "{kc}"
+    );
     let dir = std::env::temp_dir().join(format!("ksit-emulator-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("kc.kubeconfig");
     e.write_kubeconfig(&path).unwrap();
-    let cfg = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path).unwrap(), &KubeConfigOptions::default()).await.unwrap();
+    let cfg = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     let api: Api<ConfigMap> = Api::namespaced(Client::try_from(cfg).unwrap(), "default");
     let o = api
-        .create(&PostParams { dry_run: true, ..Default::default() }, &serde_json::from_value(cm("dry", json!({}))).unwrap())
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &serde_json::from_value(cm("dry", json!({}))).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(o.metadata.name.as_deref(), Some("dry"));
-    assert!(api.get_opt("dry").await.unwrap().is_none(), "a dry run stores nothing");
+    assert!(
+        api.get_opt("dry").await.unwrap().is_none(),
+        "a dry run stores nothing"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -726,7 +1167,14 @@ async fn the_binary_starts_clusters_and_writes_kubeconfigs() {
     use tokio::io::AsyncBufReadExt;
     let dir = std::env::temp_dir().join(format!("ksit-emulator-bin-{}", std::process::id()));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ksit-emulator"))
-        .args(["--cluster", "hub", "--cluster", "member", "--no-shared-crds", "--dir"])
+        .args([
+            "--cluster",
+            "hub",
+            "--cluster",
+            "member",
+            "--no-shared-crds",
+            "--dir",
+        ])
         .arg(&dir)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -735,21 +1183,36 @@ async fn the_binary_starts_clusters_and_writes_kubeconfigs() {
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut urls = Vec::new();
     for _ in 0..2 {
-        let l = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+        let l = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let parts: Vec<&str> = l.split(' ').collect();
         assert_eq!(parts.len(), 3, "{l}");
         urls.push(parts[1].to_string());
         let kc = std::fs::read_to_string(parts[2]).unwrap();
         assert!(kc.contains(parts[1]));
     }
-    let cfg = Config::from_custom_kubeconfig(Kubeconfig::read_from(dir.join("member.kubeconfig")).unwrap(), &KubeConfigOptions::default()).await.unwrap();
+    let cfg = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(dir.join("member.kubeconfig")).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     let c = Client::try_from(cfg).unwrap();
     let v = c.apiserver_version().await.unwrap();
     assert!(v.git_version.contains("emulator"));
     // SIGTERM ends it.
     let pid = child.id().unwrap();
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
