@@ -52,7 +52,10 @@ async fn routes_by_destination_header_and_default_route() {
         let r = c.get("/", &[(DESTINATION_HEADER, "nope")]).await.unwrap();
         assert_eq!(r.backend(), Some("web-service"), "{v}");
         // Matched exactly: `reviews` alone is not `reviews|v2`.
-        let r = c.get("/", &[(DESTINATION_HEADER, "reviews")]).await.unwrap();
+        let r = c
+            .get("/", &[(DESTINATION_HEADER, "reviews")])
+            .await
+            .unwrap();
         assert_eq!(r.backend(), Some("web-service"), "{v}");
         assert_eq!(backends.count("api-service-v1"), 1, "{v}");
         assert_eq!(backends.count("reviews|v2"), 1, "{v}");
@@ -143,7 +146,9 @@ fn wasm_filter_entry_matches_envoys_schema() {
 }
 
 /// Extra HTTP filters go where asked; here one sets `x-ksit-destination` before the router (as the ksit
-/// filter does), and Envoy routes on it.
+/// filter does) and clears the route cache, and Envoy routes on the new value. (A filter that looked the route
+/// up before changing the header, like `header_mutation`, which reads per-route config, would leave the
+/// stale route in place: the request would go to the default destination.)
 #[tokio::test]
 async fn extra_http_filters_can_set_the_destination() {
     for v in envoy_versions() {
@@ -154,12 +159,13 @@ async fn extra_http_filters_can_set_the_destination() {
             r#"
 name: set-destination
 typed_config:
-  "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-  mutations:
-    request_mutations:
-    - append:
-        header: {key: x-ksit-destination, value: "reviews|v2"}
-        append_action: OVERWRITE_IF_EXISTS_OR_ADD
+  "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+  default_source_code:
+    inline_string: |
+      function envoy_on_request(h)
+        h:headers():replace("x-ksit-destination", "reviews|v2")
+        h:clearRouteCache()
+      end
 "#
             .into(),
         );
@@ -211,7 +217,11 @@ async fn stats_prometheus_admin_and_log() {
         let r = envoy.admin_get("/server_info").await.unwrap();
         assert!(r.body.contains(&v), "{v}: {}", r.body);
         assert_eq!(
-            envoy.admin_post("/logging?level=info").await.unwrap().status,
+            envoy
+                .admin_post("/logging?level=info")
+                .await
+                .unwrap()
+                .status,
             200
         );
         assert!(envoy.log().contains("starting main dispatch loop"), "{v}");
