@@ -345,7 +345,10 @@ impl EnvoyConfig {
         if let Some(f) = &self.filter {
             filters.push(f.http_filter());
         }
-        filters.extend(Self::extra_filters(&self.extra_http_filters_after, lenient)?);
+        filters.extend(Self::extra_filters(
+            &self.extra_http_filters_after,
+            lenient,
+        )?);
         filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
         let clusters: Vec<Value> = self
             .upstreams
@@ -467,7 +470,10 @@ pub fn validate_file(version: &str, path: &Path) -> anyhow::Result<Validation> {
 
 /// Validates an in-memory bootstrap (YAML text, JSON text, a JSON value or an [`EnvoyConfig`]) with
 /// `envoy --mode validate`; see [`validate_file`].
-pub fn validate(version: &str, bootstrap: &(impl Bootstrap + ?Sized)) -> anyhow::Result<Validation> {
+pub fn validate(
+    version: &str,
+    bootstrap: &(impl Bootstrap + ?Sized),
+) -> anyhow::Result<Validation> {
     let dir = TempDir::new("validate")?;
     let path = write_bootstrap(dir.path(), bootstrap)?;
     validate_file(version, &path)
@@ -678,8 +684,10 @@ impl Envoy {
             return Ok(false);
         };
         self.listener = SocketAddr::new(ip.parse()?, u16::try_from(port)?);
-        Ok(self.listener.port() != 0
-            && tokio::net::TcpStream::connect(self.listener).await.is_ok())
+        Ok(
+            self.listener.port() != 0
+                && tokio::net::TcpStream::connect(self.listener).await.is_ok(),
+        )
     }
 
     /// `http://LISTENER` (no trailing slash).
