@@ -2,6 +2,8 @@
 //! `x-ksit-destination`, the default route works, `validate` accepts the generated bootstrap and rejects a
 //! broken one, and the backends, client, stats and shutdown behave.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use ksit_tests::{
     abandon, envoy_binary_env_var, envoy_versions, prom_value, raw, raw_status, validate, Backend,
     Backends, Client, Envoy, EnvoyConfig, FilterConfig, Upstream, DESTINATION_HEADER,
