@@ -28,7 +28,7 @@ pub struct Finding {
 }
 
 /// The codes, for documentation and `--help`.
-pub const CODES: [(&str, &str); 14] = [
+pub const CODES: [(&str, &str); 15] = [
     ("KSIT001", "a cluster-scoped object (BindingPolicy) carries metadata.namespace"),
     ("KSIT002", "a field the kind's schema does not declare (dropped by the API server)"),
     ("KSIT003", "a deprecated field (e.g. outlierDetection.consecutiveErrors)"),
@@ -38,6 +38,7 @@ pub const CODES: [(&str, &str); 14] = [
     ("KSIT020", "a rule shadowed by an earlier rule that always matches first"),
     ("KSIT030", "a destination subset no DestinationRule defines"),
     ("KSIT031", "a TrafficPolicy's rendered VirtualService would clash with a VirtualService on the same host"),
+    ("KSIT032", "two TrafficPolicies on the same workloads claim the same host (the older one applies)"),
     ("KSIT040", "a BindingPolicy that selects no cluster"),
     ("KSIT041", "a TrafficPolicy that no BindingPolicy sends anywhere"),
     ("KSIT042", "a TrafficPolicy's WasmPlugin namespace that its BindingPolicy does not cover"),
@@ -494,16 +495,26 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
         for doc in docs.iter().filter(|x| x.kind() == "TrafficPolicy") {
             c.on(doc);
             let key = format!("{}/{}", doc.namespace().unwrap_or("default"), doc.name());
-            let sent = d.clusters.values().any(|cd| {
-                cd.objects
+            let sent = d
+                .clusters
+                .values()
+                .any(|cd| cd.objects.iter().any(|o| o.carries(&key)));
+            let own = |reason: &str| {
+                d.notes
                     .iter()
-                    .any(|o| o.traffic_policy.as_ref().is_some_and(|(k, _)| *k == key))
-            });
-            let note = d
-                .notes
-                .iter()
-                .find(|n| n.object == format!("TrafficPolicy {key}"));
-            if let Some(n) = note {
+                    .find(|n| n.object == format!("TrafficPolicy {key}") && n.reason == reason)
+            };
+            let conflict = own("HostConflict");
+            if let Some(n) = conflict {
+                c.add(
+                    Severity::Error,
+                    "KSIT032",
+                    "spec.hosts",
+                    format!("{}: {}", n.cluster, n.message),
+                    "give each host to one TrafficPolicy per gateway (move the rules into the older policy)",
+                );
+            }
+            if let Some(n) = own("NamespaceNotBound") {
                 c.add(
                     Severity::Error,
                     "KSIT042",
@@ -511,6 +522,8 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
                     n.message.clone(),
                     "add the WasmPlugin's namespace to the BindingPolicy clause",
                 );
+            } else if conflict.is_some() {
+                // reported above
             } else if !sent && !hub.bindings.is_empty() && !hub.clusters.is_empty() {
                 c.add(Severity::Warning, "KSIT041", "metadata", "no BindingPolicy sends this TrafficPolicy (or its WasmPlugin) to any cluster", "add a downsync clause for ksit.io trafficpolicies (or extensions.istio.io wasmplugins) in its namespace");
             } else if hub.bindings.is_empty() {

@@ -364,7 +364,7 @@ fn update_workers(
             .get(cluster)
             .map(|c| c.objects.clone())
             .unwrap_or_default();
-        let retain: BTreeSet<ObjectKey> = state.retain.clone();
+        let retain: BTreeSet<ObjectKey> = want.retain.clone();
         let same = plans.get(cluster).is_some_and(|p| {
             p.objects == objects && p.retain == retain && p.prune_kinds == state.prune_kinds
         });

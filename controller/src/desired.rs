@@ -151,13 +151,18 @@ pub struct DesiredObject {
     pub bindings: Vec<String>,
     /// Create when missing, never update (KubeStellar `createOnly`; always for namespaces).
     pub create_only: bool,
-    /// For rendered objects, the TrafficPolicy (`namespace/name`) and its generation.
-    pub traffic_policy: Option<(String, i64)>,
+    /// For rendered objects, the TrafficPolicies (`namespace/name`) and generations they carry (several for
+    /// a WasmPlugin that merges the policies on the same workloads).
+    pub traffic_policies: Vec<(String, i64)>,
     /// The object as applied (server-side apply body).
     pub manifest: Value,
 }
 
 impl DesiredObject {
+    /// Whether it is rendered from TrafficPolicy `namespace/name`.
+    pub fn carries(&self, policy: &str) -> bool {
+        self.traffic_policies.iter().any(|(k, _)| k == policy)
+    }
     pub fn key(&self) -> ObjectKey {
         ObjectKey {
             kind: self.kind.clone(),
@@ -189,6 +194,9 @@ pub struct Note {
     pub cluster: String,
     /// `TrafficPolicy ns/name` or `BindingPolicy name`.
     pub object: String,
+    /// CamelCase, used as the Ready condition's reason: `NamespaceNotBound`, `HostConflict`,
+    /// `HeldByInvalidPolicy`.
+    pub reason: &'static str,
     pub message: String,
 }
 
@@ -204,6 +212,9 @@ pub struct Desired {
     /// Per binding, the clusters it binds.
     pub bound: BTreeMap<String, Vec<String>>,
     pub notes: Vec<Note>,
+    /// Objects rendered from TrafficPolicies whose spec is invalid right now: every cluster keeps them as they
+    /// are (neither updated nor pruned) until the spec is fixed.
+    pub retain: BTreeSet<ObjectKey>,
 }
 
 /// KubeStellar's object test for one clause.
@@ -363,16 +374,18 @@ fn match_json(m: &ksit_policy::spec::HttpMatchRequest) -> Value {
     mv
 }
 
+/// One WasmPlugin for the TrafficPolicies that select the same workloads (`members`, oldest first), so a
+/// request costs one filter invocation however many policies the gateway carries. A lone policy's
+/// pluginConfig is its spec (plus `cluster`); several are a `policies` list the filter indexes by host.
 fn render_wasm_plugin(
-    tp: &TrafficPolicy,
+    members: &[&Selected<'_>],
     cluster: &str,
     settings: &RenderSettings,
-    bindings: &[String],
-) -> DesiredObject {
-    let (ns, name) = policy_id(tp);
-    let spec = &tp.spec.0;
-    let plugin_ns = wasm_plugin_namespace(&ns, spec, &settings.gateway_namespace);
-    let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
+    plugin_ns: &str,
+    plugin_name: &str,
+) -> Option<DesiredObject> {
+    let first = members.first()?;
+    let spec = &first.tp.spec.0;
     let mut s = Map::new();
     if let Some(sel) = &spec.selector {
         s.insert("selector".into(), json!({"matchLabels": sel.match_labels}));
@@ -394,14 +407,20 @@ fn render_wasm_plugin(
         }
     }
     s.insert("pluginName".into(), json!("ksit"));
-    s.insert(
-        "failStrategy".into(),
-        json!(match spec.fail_strategy {
-            ksit_policy::spec::FailStrategy::FailOpen => "FAIL_OPEN",
-            ksit_policy::spec::FailStrategy::FailClose => "FAIL_CLOSE",
-        }),
-    );
-    s.insert("pluginConfig".into(), plugin_config(spec, cluster));
+    s.insert("failStrategy".into(), json!(fail_strategy_name(spec)));
+    let config = if let [only] = members {
+        plugin_config(&only.tp.spec.0, cluster)
+    } else {
+        let policies: Vec<Value> = members
+            .iter()
+            .map(|m| {
+                let resolved = m.tp.spec.0.resolve(Some(cluster));
+                json!({"name": m.id(), "spec": serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}))})
+            })
+            .collect();
+        json!({"cluster": cluster, "policies": policies})
+    };
+    s.insert("pluginConfig".into(), config);
     s.insert(
         "vmConfig".into(),
         json!({"env": [{"name": "KSIT_CLUSTER", "value": cluster}]}),
@@ -412,20 +431,186 @@ fn render_wasm_plugin(
         "metadata": {"name": plugin_name, "namespace": plugin_ns},
         "spec": Value::Object(s),
     });
-    mark(
-        &mut manifest,
-        bindings,
-        &format!("TrafficPolicy {ns}/{name}"),
-    );
-    DesiredObject {
+    let bindings: Vec<String> = members
+        .iter()
+        .flat_map(|m| m.bindings.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let source = members
+        .iter()
+        .map(|m| format!("TrafficPolicy {}", m.id()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    mark(&mut manifest, &bindings, &source);
+    Some(DesiredObject {
         kind: ResourceKind::wasm_plugin(),
-        namespace: Some(plugin_ns),
-        name: plugin_name,
-        bindings: bindings.to_vec(),
+        namespace: Some(plugin_ns.to_string()),
+        name: plugin_name.to_string(),
+        bindings,
         create_only: false,
-        traffic_policy: Some((format!("{ns}/{name}"), tp.metadata.generation.unwrap_or(0))),
+        traffic_policies: members.iter().map(|m| (m.id(), m.generation())).collect(),
         manifest,
+    })
+}
+
+fn fail_strategy_name(spec: &TrafficPolicySpec) -> &'static str {
+    match spec.fail_strategy {
+        ksit_policy::spec::FailStrategy::FailOpen => "FAIL_OPEN",
+        ksit_policy::spec::FailStrategy::FailClose => "FAIL_CLOSE",
     }
+}
+
+/// A TrafficPolicy bound to one cluster, with the BindingPolicies that send it there.
+struct Selected<'h> {
+    tp: &'h TrafficPolicy,
+    bindings: BTreeSet<String>,
+}
+
+impl Selected<'_> {
+    fn id(&self) -> String {
+        let (ns, name) = policy_id(self.tp);
+        format!("{ns}/{name}")
+    }
+    fn generation(&self) -> i64 {
+        self.tp.metadata.generation.unwrap_or(0)
+    }
+    fn bindings(&self) -> Vec<String> {
+        self.bindings.iter().cloned().collect()
+    }
+}
+
+/// What one cluster's TrafficPolicies render to.
+#[derive(Default)]
+struct RenderedPolicies {
+    objects: Vec<DesiredObject>,
+    notes: Vec<Note>,
+    retain: Vec<ObjectKey>,
+}
+
+/// Renders the TrafficPolicies bound to `cluster`: one VirtualService each, and one WasmPlugin per set of
+/// policies that select the same workloads (same plugin namespace, selector, targetRefs and failStrategy).
+///
+/// Within a set, the oldest policy (creationTimestamp, then namespace/name) keeps a host two policies claim;
+/// the younger is left out in this cluster with a `HostConflict` note. A set holding an invalid policy keeps
+/// its live WasmPlugin as it is (the invalid policy's last good config stays in it) and notes the others.
+fn render_policies(
+    cluster: &str,
+    selected: &BTreeMap<(String, String), Selected<'_>>,
+    settings: &RenderSettings,
+) -> RenderedPolicies {
+    let mut out = RenderedPolicies::default();
+    let mut members: Vec<&Selected<'_>> = selected.values().collect();
+    members.sort_by_key(|m| {
+        let (ns, name) = policy_id(m.tp);
+        (m.tp.metadata.creation_timestamp.clone(), ns, name)
+    });
+    type GroupKey = (String, String, String, &'static str);
+    let mut groups: BTreeMap<GroupKey, Vec<&Selected<'_>>> = BTreeMap::new();
+    for m in members {
+        let (ns, _) = policy_id(m.tp);
+        let spec = &m.tp.spec.0;
+        let key = (
+            wasm_plugin_namespace(&ns, spec, &settings.gateway_namespace),
+            serde_json::to_string(&spec.selector).unwrap_or_default(),
+            serde_json::to_string(&spec.target_refs).unwrap_or_default(),
+            fail_strategy_name(spec),
+        );
+        groups.entry(key).or_default().push(m);
+    }
+    for ((plugin_ns, ..), group) in groups {
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+        let mut applied: Vec<&Selected<'_>> = Vec::new();
+        let mut invalid: Vec<&Selected<'_>> = Vec::new();
+        for m in group {
+            let (ns, name) = policy_id(m.tp);
+            if !ksit_policy::validate_spec(&m.tp.spec.0, "spec").is_empty() {
+                out.retain.push(ObjectKey {
+                    kind: ResourceKind::virtual_service(),
+                    namespace: Some(ns),
+                    name: format!("ksit-{name}"),
+                });
+                invalid.push(m);
+                continue;
+            }
+            let hosts: Vec<String> =
+                m.tp.spec
+                    .0
+                    .hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect();
+            if let Some((host, older)) = hosts.iter().find_map(|h| claimed.get(h).map(|o| (h, o))) {
+                out.notes.push(Note {
+                    cluster: cluster.to_string(),
+                    object: format!("TrafficPolicy {}", m.id()),
+                    reason: "HostConflict",
+                    message: format!(
+                        "host {host} on the workloads its WasmPlugin in {plugin_ns} selects is already routed by the older TrafficPolicy {older}; only {older} applies there"
+                    ),
+                });
+                continue;
+            }
+            for h in hosts {
+                claimed.insert(h, m.id());
+            }
+            applied.push(m);
+        }
+        // Named after the oldest member, so a policy joining or leaving the set does not rename it.
+        let oldest = match (applied.first(), invalid.first()) {
+            (Some(a), Some(i)) => {
+                let age = |m: &Selected<'_>| {
+                    let (ns, name) = policy_id(m.tp);
+                    (m.tp.metadata.creation_timestamp.clone(), ns, name)
+                };
+                if age(i) < age(a) {
+                    *i
+                } else {
+                    *a
+                }
+            }
+            (Some(a), None) => *a,
+            (None, Some(i)) => *i,
+            (None, None) => continue,
+        };
+        let (ns, name) = policy_id(oldest.tp);
+        let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
+        for m in &applied {
+            out.objects
+                .push(render_virtual_service(m.tp, cluster, &m.bindings()));
+        }
+        if !invalid.is_empty() {
+            out.retain.push(ObjectKey {
+                kind: ResourceKind::wasm_plugin(),
+                namespace: Some(plugin_ns.clone()),
+                name: plugin_name.clone(),
+            });
+            let culprits = invalid
+                .iter()
+                .map(|m| m.id())
+                .collect::<Vec<_>>()
+                .join(", ");
+            for m in &applied {
+                out.notes.push(Note {
+                    cluster: cluster.to_string(),
+                    object: format!("TrafficPolicy {}", m.id()),
+                    reason: "HeldByInvalidPolicy",
+                    message: format!(
+                        "WasmPlugin {plugin_ns}/{plugin_name}, which it shares with TrafficPolicy {culprits}, keeps its previous configuration until that spec is valid again"
+                    ),
+                });
+            }
+            continue;
+        }
+        out.objects.extend(render_wasm_plugin(
+            &applied,
+            cluster,
+            settings,
+            &plugin_ns,
+            &plugin_name,
+        ));
+    }
+    out
 }
 
 fn destination_json(d: &ksit_policy::spec::Destination) -> Value {
@@ -550,7 +735,7 @@ pub fn render_virtual_service(
         name: vs_name,
         bindings: bindings.to_vec(),
         create_only: false,
-        traffic_policy: Some((format!("{ns}/{name}"), tp.metadata.generation.unwrap_or(0))),
+        traffic_policies: vec![(format!("{ns}/{name}"), tp.metadata.generation.unwrap_or(0))],
         manifest,
     }
 }
@@ -563,27 +748,29 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
     for c in &hub.clusters {
         per.entry(c.name.clone()).or_default();
     }
+    // Adds an object (with the bindings that send it) to a cluster, merging with one already there.
     let add = |per: &mut BTreeMap<String, BTreeMap<ObjectKey, DesiredObject>>,
                cluster: &str,
-               obj: DesiredObject,
-               binding: &str| {
+               obj: DesiredObject| {
         let entry = per.entry(cluster.to_string()).or_default();
         match entry.get_mut(&obj.key()) {
             Some(existing) => {
-                if !existing.bindings.iter().any(|b| b == binding) {
-                    existing.bindings.push(binding.to_string());
-                    existing.bindings.sort();
+                for b in &obj.bindings {
+                    if !existing.bindings.contains(b) {
+                        existing.bindings.push(b.clone());
+                    }
                 }
+                existing.bindings.sort();
                 // createOnly only when every binding asks for it.
                 existing.create_only &= obj.create_only;
             }
             None => {
-                let mut o = obj;
-                o.bindings = vec![binding.to_string()];
-                entry.insert(o.key(), o);
+                entry.insert(obj.key(), obj);
             }
         }
     };
+    // cluster -> (namespace, name) -> the TrafficPolicy and the bindings that send it there
+    let mut selected: BTreeMap<String, BTreeMap<(String, String), Selected<'_>>> = BTreeMap::new();
     let mut bindings: Vec<&BindingPolicy> = hub
         .bindings
         .iter()
@@ -625,12 +812,12 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                         .map(String::from)
                         .filter(|_| o.kind.namespaced),
                     name: o.name().to_string(),
-                    bindings: vec![],
+                    bindings: vec![bname.clone()],
                     create_only: clause.create_only,
-                    traffic_policy: None,
+                    traffic_policies: Vec::new(),
                     manifest,
                 };
-                add(&mut per, &c.name, obj, &bname);
+                add(&mut per, &c.name, obj);
             }
         }
         for tp in &hub.traffic_policies {
@@ -686,6 +873,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                         out.notes.push(Note {
                             cluster: c.name.clone(),
                             object: format!("TrafficPolicy {ns}/{name}"),
+                            reason: "NamespaceNotBound",
                             message: format!(
                                 "its WasmPlugin must live in namespace {plugin_ns} (where the selected workloads run), which BindingPolicy {bname} does not bind; add {plugin_ns} to the clause's namespaces"
                             ),
@@ -695,20 +883,26 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 continue;
             }
             for c in &clusters {
-                add(
-                    &mut per,
-                    &c.name,
-                    render_wasm_plugin(tp, &c.name, settings, std::slice::from_ref(&bname)),
-                    &bname,
-                );
-                add(
-                    &mut per,
-                    &c.name,
-                    render_virtual_service(tp, &c.name, std::slice::from_ref(&bname)),
-                    &bname,
-                );
+                selected
+                    .entry(c.name.clone())
+                    .or_default()
+                    .entry((ns.clone(), name.clone()))
+                    .or_insert_with(|| Selected {
+                        tp,
+                        bindings: BTreeSet::new(),
+                    })
+                    .bindings
+                    .insert(bname.clone());
             }
         }
+    }
+    for (cluster, policies) in &selected {
+        let r = render_policies(cluster, policies, settings);
+        for o in r.objects {
+            add(&mut per, cluster, o);
+        }
+        out.notes.extend(r.notes);
+        out.retain.extend(r.retain);
     }
     for (cluster, objs) in per {
         // Every namespaced object's namespace is created first if missing (never updated, never pruned).
@@ -740,7 +934,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 name: ns,
                 bindings,
                 create_only: true,
-                traffic_policy: None,
+                traffic_policies: Vec::new(),
                 manifest,
             });
         }
@@ -1049,6 +1243,190 @@ mod tests {
         assert!(d.notes.is_empty());
         let wp = &d.clusters["c1"].objects[2];
         assert_eq!(wp.manifest["spec"]["url"], "oci://r/ksit:1");
-        assert_eq!(wp.traffic_policy, Some(("default/app".to_string(), 3)));
+        assert_eq!(wp.traffic_policies, [("default/app".to_string(), 3)]);
+    }
+
+    fn policy(name: &str, created: &str, hosts: &[&str], fail: &str) -> TrafficPolicy {
+        serde_json::from_value(json!({"apiVersion": "ksit.io/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": {"name": name, "namespace": "shop", "generation": 2, "creationTimestamp": created},
+            "spec": {"hosts": hosts, "selector": {"matchLabels": {"istio": "ingressgateway"}}, "failStrategy": fail,
+                "http": [{"name": "api", "route": [{"destination": {"host": format!("{name}-svc")}}]}]}}))
+        .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn gateway_hub(tps: Vec<TrafficPolicy>) -> Hub {
+        let mut h = hub(&["shop", "istio-system"]);
+        h.traffic_policies = tps;
+        h
+    }
+
+    fn kinds_in(d: &Desired, cluster: &str) -> Vec<String> {
+        d.clusters[cluster]
+            .objects
+            .iter()
+            .filter(|o| o.kind.kind != "Namespace")
+            .map(|o| o.key().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn policies_on_the_same_workloads_share_one_wasm_plugin() {
+        // "orders" is older than "cart", so the merged plugin is named after it.
+        let d = compute(
+            &gateway_hub(vec![
+                policy(
+                    "cart",
+                    "2026-02-01T00:00:00Z",
+                    &["cart.example.com"],
+                    "FAIL_OPEN",
+                ),
+                policy(
+                    "orders",
+                    "2026-01-01T00:00:00Z",
+                    &["orders.example.com"],
+                    "FAIL_OPEN",
+                ),
+            ]),
+            &settings(),
+        );
+        assert_eq!(
+            kinds_in(&d, "c1"),
+            [
+                "WasmPlugin istio-system/ksit-shop-orders",
+                "VirtualService shop/ksit-cart",
+                "VirtualService shop/ksit-orders"
+            ]
+        );
+        let wp = d.clusters["c1"]
+            .objects
+            .iter()
+            .find(|o| o.kind.kind == "WasmPlugin")
+            .unwrap_or_else(|| unreachable!());
+        let config = &wp.manifest["spec"]["pluginConfig"];
+        assert_eq!(config["cluster"], "c1");
+        let names: Vec<&str> = config["policies"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["shop/orders", "shop/cart"]);
+        assert!(wp.carries("shop/orders") && wp.carries("shop/cart"));
+        assert_eq!(
+            wp.manifest["metadata"]["annotations"][SOURCE_ANNOTATION],
+            "TrafficPolicy shop/orders, TrafficPolicy shop/cart"
+        );
+        // The filter accepts what the controller renders, and decides each host by its own policy.
+        let text = serde_json::to_vec(config).unwrap_or_default();
+        let engine =
+            ksit_policy::Engine::from_json(&text, None).unwrap_or_else(|e| unreachable!("{e:?}"));
+        for (host, dest) in [
+            ("cart.example.com", "cart-svc"),
+            ("orders.example.com", "orders-svc"),
+        ] {
+            let headers: [(&[u8], &[u8]); 2] = [(b":authority", host.as_bytes()), (b":path", b"/")];
+            let req = ksit_policy::Request::new(&headers);
+            let decision = engine.decide(&req, 1);
+            assert_eq!(decision.destination.map(|x| x.key.as_str()), Some(dest));
+        }
+        // A different failStrategy cannot share the plugin (it is a WasmPlugin field).
+        let d = compute(
+            &gateway_hub(vec![
+                policy(
+                    "cart",
+                    "2026-02-01T00:00:00Z",
+                    &["cart.example.com"],
+                    "FAIL_CLOSE",
+                ),
+                policy(
+                    "orders",
+                    "2026-01-01T00:00:00Z",
+                    &["orders.example.com"],
+                    "FAIL_OPEN",
+                ),
+            ]),
+            &settings(),
+        );
+        let plugins: Vec<String> = kinds_in(&d, "c1")
+            .into_iter()
+            .filter(|k| k.starts_with("WasmPlugin"))
+            .collect();
+        assert_eq!(
+            plugins,
+            [
+                "WasmPlugin istio-system/ksit-shop-cart",
+                "WasmPlugin istio-system/ksit-shop-orders"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_older_policy_keeps_a_host_two_claim() {
+        let d = compute(
+            &gateway_hub(vec![
+                policy(
+                    "new",
+                    "2026-03-01T00:00:00Z",
+                    &["a.example.com", "B.example.com"],
+                    "FAIL_OPEN",
+                ),
+                policy(
+                    "old",
+                    "2026-01-01T00:00:00Z",
+                    &["b.example.com"],
+                    "FAIL_OPEN",
+                ),
+            ]),
+            &settings(),
+        );
+        assert_eq!(
+            kinds_in(&d, "c1"),
+            [
+                "WasmPlugin istio-system/ksit-shop-old",
+                "VirtualService shop/ksit-old"
+            ]
+        );
+        assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
+        let n = &d.notes[0];
+        assert_eq!(
+            (n.object.as_str(), n.reason),
+            ("TrafficPolicy shop/new", "HostConflict")
+        );
+        assert!(n.message.contains("host b.example.com"), "{}", n.message);
+        assert!(n.message.contains("shop/old"), "{}", n.message);
+    }
+
+    #[test]
+    fn an_invalid_policy_holds_its_shared_plugin_as_it_is() {
+        let mut bad = policy(
+            "bad",
+            "2026-01-01T00:00:00Z",
+            &["bad.example.com"],
+            "FAIL_OPEN",
+        );
+        bad.spec.0.http[0].route[0].weight = Some(-1);
+        let good = policy(
+            "good",
+            "2026-02-01T00:00:00Z",
+            &["good.example.com"],
+            "FAIL_OPEN",
+        );
+        let d = compute(&gateway_hub(vec![bad.clone(), good.clone()]), &settings());
+        // The good policy's VirtualService still follows it; the shared plugin is neither rendered nor pruned.
+        assert_eq!(kinds_in(&d, "c1"), ["VirtualService shop/ksit-good"]);
+        let retained: Vec<String> = d.retain.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            retained,
+            [
+                "WasmPlugin istio-system/ksit-shop-bad",
+                "VirtualService shop/ksit-bad"
+            ]
+        );
+        assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
+        assert_eq!(d.notes[0].reason, "HeldByInvalidPolicy");
+        assert_eq!(d.notes[0].object, "TrafficPolicy shop/good");
+        // Alone, an invalid policy keeps its own objects.
+        let d = compute(&gateway_hub(vec![bad]), &settings());
+        assert!(kinds_in(&d, "c1").is_empty());
+        assert_eq!(d.retain.len(), 2);
+        assert!(d.notes.is_empty());
     }
 }

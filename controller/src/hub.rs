@@ -1,6 +1,6 @@
 //! Reading the hub: the resources that decide every cluster's desired state.
 
-use crate::desired::{Cluster, Hub, HubObject, ObjectKey, ResourceKind};
+use crate::desired::{Cluster, Hub, HubObject, ResourceKind};
 use crate::error::Error;
 use crate::manifests::is_hub_only;
 use crate::resources::{BindingPolicy, Integration, IntegrationTarget, TrafficPolicy};
@@ -19,8 +19,6 @@ pub struct HubState {
     pub traffic_policies: Vec<TrafficPolicy>,
     /// TrafficPolicies whose spec is invalid: `namespace/name` -> errors with field paths.
     pub invalid: BTreeMap<String, Vec<String>>,
-    /// Objects rendered from invalid TrafficPolicies: kept as they are in every cluster.
-    pub retain: BTreeSet<ObjectKey>,
     /// Problems with BindingPolicies (by name), e.g. a clause ksit cannot evaluate.
     pub binding_errors: BTreeMap<String, Vec<String>>,
     /// False when KubeStellar owns BindingPolicies (it copies objects and reports their status).
@@ -292,26 +290,13 @@ impl HubReader {
         for tp in tps {
             let key = format!("{}/{}", tp.namespace().unwrap_or_default(), tp.name_any());
             let errors = ksit_policy::validate_spec(&tp.spec.0, "spec");
-            if errors.is_empty() {
-                state.hub.traffic_policies.push(tp);
-            } else {
-                let ns = tp.namespace().unwrap_or_else(|| "default".into());
-                let plugin_ns =
-                    crate::desired::wasm_plugin_namespace(&ns, &tp.spec.0, &self.gateway_namespace);
-                state.retain.insert(ObjectKey {
-                    kind: ResourceKind::wasm_plugin(),
-                    namespace: Some(plugin_ns.clone()),
-                    name: crate::desired::wasm_plugin_name(&ns, &tp.name_any(), &plugin_ns),
-                });
-                state.retain.insert(ObjectKey {
-                    kind: ResourceKind::virtual_service(),
-                    namespace: Some(ns),
-                    name: format!("ksit-{}", tp.name_any()),
-                });
+            if !errors.is_empty() {
                 state
                     .invalid
                     .insert(key, errors.iter().map(ToString::to_string).collect());
             }
+            // Invalid ones too: rendering keeps what they rendered before (see `desired::render_policies`).
+            state.hub.traffic_policies.push(tp);
         }
         Ok(state)
     }

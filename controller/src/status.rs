@@ -207,16 +207,10 @@ pub fn traffic_policy_status(v: &View<'_>, tp: &TrafficPolicy) -> TrafficPolicyS
     let mut clusters = Vec::new();
     let mut ready = 0;
     for (c, cd) in &v.desired.clusters {
-        if !cd
-            .objects
-            .iter()
-            .any(|o| o.traffic_policy.as_ref().is_some_and(|(k, _)| *k == key))
-        {
+        if !cd.objects.iter().any(|o| o.carries(&key)) {
             continue;
         }
-        let (desired, synced, errors) = v.outcome(c, |o| {
-            o.traffic_policy.as_ref().is_some_and(|(k, _)| *k == key)
-        });
+        let (desired, synced, errors) = v.outcome(c, |o| o.carries(&key));
         let applied_now = v.current(c).is_some() && desired == synced && errors.is_empty();
         let applied_generation = if applied_now {
             ready += 1;
@@ -234,11 +228,14 @@ pub fn traffic_policy_status(v: &View<'_>, tp: &TrafficPolicy) -> TrafficPolicyS
             error: (!errors.is_empty()).then(|| errors.join("; ")),
         });
     }
-    let notes: Vec<String> = v
+    let own_notes: Vec<&crate::desired::Note> = v
         .desired
         .notes
         .iter()
         .filter(|n| n.object == format!("TrafficPolicy {key}"))
+        .collect();
+    let notes: Vec<String> = own_notes
+        .iter()
         .map(|n| format!("{}: {}", n.cluster, n.message))
         .collect();
     let cond = if clusters.is_empty() && notes.is_empty() {
@@ -249,11 +246,11 @@ pub fn traffic_policy_status(v: &View<'_>, tp: &TrafficPolicy) -> TrafficPolicyS
             "no BindingPolicy sends this TrafficPolicy (or its WasmPlugin) to any cluster",
             Some(generation),
         )
-    } else if !notes.is_empty() {
+    } else if let Some(first) = own_notes.first() {
         Condition::new(
             "Ready",
             false,
-            "NamespaceNotBound",
+            first.reason,
             notes.join("; "),
             Some(generation),
         )

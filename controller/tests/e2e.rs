@@ -215,6 +215,117 @@ async fn controller_binds_renders_applies_prunes_and_reports() {
     })
     .await;
 
+    // A second TrafficPolicy on the same gateway joins the same WasmPlugin (one filter invocation per
+    // request); one that claims a host the older policy holds is left out, with the reason in its status.
+    // (creationTimestamp has one-second resolution, so within a second the older is the first by name.)
+    for (name, host) in [
+        ("orders", "orders.example.com"),
+        ("shadow", "myapp.example.com"),
+    ] {
+        s.hub
+            .put(
+                json!({"apiVersion": "ksit.io/v1alpha1", "kind": "TrafficPolicy",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}}, "hosts": [host],
+                        "http": [{"name": "all", "route": [{"destination": {"host": "web-service", "port": {"number": 80}}}]}]}}),
+                "kubectl-apply",
+            )
+            .unwrap();
+    }
+    let merged_names = |m: &Emulator| -> Vec<String> {
+        wasm_plugin(m)
+            .and_then(|w| {
+                w.pointer("/spec/pluginConfig/policies")
+                    .and_then(Value::as_array)
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|p| p["name"].as_str().map(String::from))
+                            .collect()
+                    })
+            })
+            .unwrap_or_default()
+    };
+    wait_for(
+        "orders merged into the gateway's WasmPlugin on both clusters",
+        Duration::from_secs(8),
+        || {
+            [c1, c2].iter().all(|m| {
+                merged_names(m) == ["default/myapp", "default/orders"]
+                    && m.object(
+                        "networking.istio.io",
+                        "virtualservices",
+                        Some("default"),
+                        "ksit-orders",
+                    )
+                    .is_some()
+            })
+        },
+    )
+    .await;
+    let wp = wasm_plugin(c1).unwrap();
+    ksit_policy::Engine::from_json(wp["spec"]["pluginConfig"].to_string().as_bytes(), None)
+        .unwrap();
+    for m in [c1, c2] {
+        let names: Vec<String> = m
+            .objects("extensions.istio.io", "wasmplugins")
+            .iter()
+            .filter_map(|w| {
+                w.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .collect();
+        assert_eq!(names, ["ksit-default-myapp"], "one plugin per gateway");
+        assert!(m
+            .object(
+                "networking.istio.io",
+                "virtualservices",
+                Some("default"),
+                "ksit-shadow"
+            )
+            .is_none());
+    }
+    wait_for(
+        "shadow reported as a host conflict",
+        Duration::from_secs(8),
+        || {
+            let shadow = s
+                .hub
+                .object("ksit.io", "trafficpolicies", Some("default"), "shadow");
+            let orders = s
+                .hub
+                .object("ksit.io", "trafficpolicies", Some("default"), "orders");
+            status(&shadow, "/status/conditions/0/reason") == Some(&json!("HostConflict"))
+                && status(&shadow, "/status/conditions/0/message")
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| m.contains("default/myapp"))
+                && status(&orders, "/status/readyClusters") == Some(&json!(2))
+        },
+    )
+    .await;
+    for name in ["orders", "shadow"] {
+        s.hub
+            .delete("ksit.io", "trafficpolicies", Some("default"), name)
+            .unwrap();
+    }
+    wait_for(
+        "the plugin is back to the single-policy form",
+        Duration::from_secs(8),
+        || {
+            [c1, c2].iter().all(|m| {
+                canary_weight(m) == Some(25)
+                    && m.object(
+                        "networking.istio.io",
+                        "virtualservices",
+                        Some("default"),
+                        "ksit-orders",
+                    )
+                    .is_none()
+            })
+        },
+    )
+    .await;
+
     // A member that is down gets its own status; the other still converges.
     c1.faults().set_down(true);
     set_canary_weight(&s.hub, 30);

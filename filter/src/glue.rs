@@ -98,19 +98,26 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let several = engine.policies().len() > 1;
         let rules = engine
             .policies()
             .iter()
-            .flat_map(|p| &p.rules)
-            .map(|r| RuleMetrics {
-                per_destination: r
-                    .destinations
-                    .iter()
-                    .map(|d| define(MetricType::Counter, &metrics::requests(&r.name, &d.key)))
-                    .collect(),
-                delays: define(MetricType::Counter, &metrics::delays(&r.name)),
-                aborts: define(MetricType::Counter, &metrics::aborts(&r.name)),
-                skipped: define(MetricType::Counter, &metrics::faults_skipped(&r.name)),
+            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+            .map(|(p, r)| {
+                let l = metrics::RuleLabel {
+                    policy: several.then_some(p.name.as_str()),
+                    rule: &r.name,
+                };
+                RuleMetrics {
+                    per_destination: r
+                        .destinations
+                        .iter()
+                        .map(|d| define(MetricType::Counter, &metrics::requests(l, &d.key)))
+                        .collect(),
+                    delays: define(MetricType::Counter, &metrics::delays(l)),
+                    aborts: define(MetricType::Counter, &metrics::aborts(l)),
+                    skipped: define(MetricType::Counter, &metrics::faults_skipped(l)),
+                }
             })
             .collect();
         let m = Metrics {

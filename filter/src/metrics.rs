@@ -2,11 +2,27 @@
 //! encoded in the name as `.label.value` pairs, which Envoy's `stats_tags` (see docs/metrics.md) turn into
 //! Prometheus labels.
 
+/// Which rule a per-rule metric counts: its policy's name when one filter carries several policies (the
+/// controller merges the TrafficPolicies on the same workloads), so equal rule names do not share counters.
+#[derive(Clone, Copy)]
+pub struct RuleLabel<'a> {
+    pub policy: Option<&'a str>,
+    pub rule: &'a str,
+}
+
+impl std::fmt::Display for RuleLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = self.policy {
+            write!(f, ".ksit_policy.{}", label(p))?;
+        }
+        write!(f, ".ksit_rule.{}", label(self.rule))
+    }
+}
+
 /// Requests a rule decided, by rule and destination.
-pub fn requests(rule: &str, destination: &str) -> String {
+pub fn requests(rule: RuleLabel<'_>, destination: &str) -> String {
     format!(
-        "ksit_requests_total.ksit_rule.{}.ksit_destination.{}",
-        label(rule),
+        "ksit_requests_total{rule}.ksit_destination.{}",
         label(destination)
     )
 }
@@ -20,15 +36,15 @@ pub const CONFIG_ERRORS: &str = "ksit_config_errors_total";
 /// Requests currently held by a delay fault (all workers).
 pub const ACTIVE_DELAYS: &str = "ksit_active_delays";
 
-pub fn delays(rule: &str) -> String {
-    format!("ksit_delays_total.ksit_rule.{}", label(rule))
+pub fn delays(rule: RuleLabel<'_>) -> String {
+    format!("ksit_delays_total{rule}")
 }
-pub fn aborts(rule: &str) -> String {
-    format!("ksit_aborts_total.ksit_rule.{}", label(rule))
+pub fn aborts(rule: RuleLabel<'_>) -> String {
+    format!("ksit_aborts_total{rule}")
 }
 /// Delays not injected because `maxActiveFaults` requests were already held.
-pub fn faults_skipped(rule: &str) -> String {
-    format!("ksit_faults_skipped_total.ksit_rule.{}", label(rule))
+pub fn faults_skipped(rule: RuleLabel<'_>) -> String {
+    format!("ksit_faults_skipped_total{rule}")
 }
 
 /// A label value safe in a dotted stat name: dots would split it, so they become underscores.
@@ -46,11 +62,29 @@ pub fn label(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::RuleLabel;
+
     #[test]
     fn names() {
+        let api = RuleLabel {
+            policy: None,
+            rule: "api",
+        };
         assert_eq!(
-            super::requests("api", "reviews.default|v2"),
+            super::requests(api, "reviews.default|v2"),
             "ksit_requests_total.ksit_rule.api.ksit_destination.reviews_default|v2"
+        );
+        let merged = RuleLabel {
+            policy: Some("shop/orders.v2"),
+            rule: "api",
+        };
+        assert_eq!(
+            super::requests(merged, "orders"),
+            "ksit_requests_total.ksit_policy.shop/orders_v2.ksit_rule.api.ksit_destination.orders"
+        );
+        assert_eq!(
+            super::aborts(merged),
+            "ksit_aborts_total.ksit_policy.shop/orders_v2.ksit_rule.api"
         );
     }
 }

@@ -366,6 +366,7 @@ impl EnvoyConfig {
         Ok(json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "stats_config": {"stats_tags": [
+                {"tag_name": "ksit_policy", "regex": "(\\.ksit_policy\\.([^.]+))"},
                 {"tag_name": "ksit_rule", "regex": "(\\.ksit_rule\\.([^.]+))"},
                 {"tag_name": "ksit_destination", "regex": "(\\.ksit_destination\\.([^.]+))"}
             ]},

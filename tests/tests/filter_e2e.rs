@@ -568,3 +568,52 @@ async fn bad_config_is_rejected_with_the_field_path() {
         );
     }
 }
+
+/// What the controller renders for the TrafficPolicies on one gateway: one filter, a `policies` list indexed
+/// by host; rules of the same name in two policies count separately (`ksit_policy` label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_policies_route_each_host_by_its_own_policy() {
+    let mut shop = seed_without_faults();
+    shop["hosts"] = json!(["shop.example.com"]);
+    shop["http"][1]["route"][0]["destination"]["host"] = json!("api-service-v2");
+    let config = json!({"policies": [
+        {"name": "default/myapp", "spec": seed_without_faults()},
+        {"name": "shop/front", "spec": shop},
+    ]});
+    for v in envoy_versions() {
+        let rig = Rig::start(&v, &config, &[], 1).await;
+        let myapp = rig.get("/web", &[]).await;
+        assert_eq!(myapp.backend(), Some("web-service"), "{v}");
+        let shop = rig
+            .client
+            .get("/web", &[("host", "shop.example.com")])
+            .await
+            .unwrap();
+        assert_eq!(shop.backend(), Some("api-service-v2"), "{v}");
+        let other = rig
+            .client
+            .get("/web", &[("host", "other.example.com")])
+            .await
+            .unwrap();
+        assert_eq!(other.backend(), Some("passthrough"), "{v}");
+        let prom = rig.envoy.prometheus().await.unwrap();
+        for (policy, dest) in [
+            ("default/myapp", "web-service"),
+            ("shop/front", "api-service-v2"),
+        ] {
+            assert_eq!(
+                prom_value(
+                    &prom,
+                    "ksit_requests_total",
+                    &[
+                        ("ksit_policy", policy),
+                        ("ksit_rule", "web"),
+                        ("ksit_destination", dest)
+                    ]
+                ),
+                Some(1.0),
+                "{v}: {policy}"
+            );
+        }
+    }
+}
