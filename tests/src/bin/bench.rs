@@ -150,31 +150,60 @@ async fn filter() -> anyhow::Result<()> {
         ksit_tests::backend::start_all(&["api-service-v1", "api-service-v2", "web-service"])
             .await?;
     let clusters: Vec<Value> = backends.iter().map(|b| cluster(&b.name, b.addr)).collect();
+    // plain, native, ksit, ksit1000, ksit20 (one filter, 20 merged policies), ksit20x (20 filters), admin
     let ports = [
         free_port()?,
         free_port()?,
         free_port()?,
         free_port()?,
         free_port()?,
+        free_port()?,
+        free_port()?,
     ];
+    let admin = ports[6];
     let mut big = seed_no_delay()?;
     let mut rules: Vec<Value> = (0..999)
         .map(|i| json!({"name": format!("r{i}"), "match": [{"uri": {"prefix": format!("/svc{i}/")}}], "route": [{"destination": {"host": "web-service"}}]}))
         .collect();
     rules.push(big["http"][0].clone());
     big["http"] = json!(rules);
+    // 20 TrafficPolicies on one gateway: 19 on other hosts plus the seed's. Merged (what the controller
+    // renders): one filter with a `policies` list. Unmerged: one filter per policy, as 20 WasmPlugins would be.
+    let others: Vec<Value> = (0..19)
+        .map(|i| {
+            let mut p = seed_no_delay()?;
+            p["hosts"] = json!([format!("app{i}.example.com")]);
+            Ok(p)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut merged: Vec<Value> = others
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"name": format!("team{i}/app"), "spec": p}))
+        .collect();
+    merged.push(json!({"name": "default/myapp", "spec": seed_no_delay()?}));
+    let merged = json!({"policies": merged});
+    let mut separate: Vec<Value> = others
+        .iter()
+        .enumerate()
+        .map(|(i, p)| wasm(p, &module_s, &format!("ksit20x-{i}")))
+        .collect();
+    separate.push(wasm(&seed_no_delay()?, &module_s, "ksit20x-seed"));
+    separate.push(router());
     let native_fault = json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         "delay": {"fixed_delay": "5s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
         "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}}}});
     let native_routes = json!([{"match": {"prefix": "/api"}, "route": {"weighted_clusters": {"clusters": [{"name": "api-service-v1", "weight": 90}, {"name": "api-service-v2", "weight": 10}]}}},
                                {"match": {"prefix": "/web"}, "route": {"cluster": "web-service"}}]);
     let bootstrap = json!({
-    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[4]}}},
+    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
     "static_resources": {"clusters": clusters, "listeners": [
         listener("plain", ports[0], json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]), vec![router()]),
         listener("native", ports[1], native_routes, vec![native_fault, router()]),
         listener("ksit", ports[2], header_routes(), vec![wasm(&seed_no_delay()?, &module_s, "ksit"), router()]),
         listener("ksit1000", ports[3], header_routes(), vec![wasm(&big, &module_s, "ksit1000"), router()]),
+        listener("ksit20", ports[4], header_routes(), vec![wasm(&merged, &module_s, "ksit20"), router()]),
+        listener("ksit20x", ports[5], header_routes(), separate),
     ]}});
     let dir = out_dir()?;
     let cfg = dir.join("envoy-bench.json");
@@ -197,7 +226,7 @@ async fn filter() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", ports[3]))
+    while tokio::net::TcpStream::connect(("127.0.0.1", ports[5]))
         .await
         .is_err()
     {
@@ -208,11 +237,11 @@ async fn filter() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (rounds, secs) = if quick() { (1, 3) } else { (3, 8) };
-    let names = ["plain", "native", "ksit", "ksit1000"];
-    let mut results: Vec<Vec<Wrk>> = (0..4).map(|_| Vec::new()).collect();
+    let names = ["plain", "native", "ksit", "ksit1000", "ksit20", "ksit20x"];
+    let mut results: Vec<Vec<Wrk>> = names.iter().map(|_| Vec::new()).collect();
     println!("filter: {rounds} interleaved round(s) of {secs}s per variant; Envoy on CPU 0, wrk (1 thread, 32 connections) on CPU 1");
     for _ in 0..rounds {
-        for (i, p) in ports[..4].iter().enumerate() {
+        for (i, p) in ports[..names.len()].iter().enumerate() {
             wrk(*p, 1)?; // warm-up
             let w = wrk(*p, secs)?;
             println!(
@@ -222,8 +251,61 @@ async fn filter() -> anyhow::Result<()> {
             results[i].push(w);
         }
     }
+    // Memory per Wasm VM: Envoy's RSS with every listener, less a baseline Envoy with only the plain and native
+    // listeners, over the VMs V8 holds (Envoy exports no V8 heap figure).
+    let stats = admin_get(admin, "/stats?filter=wasm.envoy.wasm.runtime.v8.active")
+        .await
+        .unwrap_or_default();
+    let vms: f64 = stats
+        .lines()
+        .find_map(|l| {
+            l.split_once("v8.active: ")
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN);
+    let rss_full = proc_status_mb(envoy.id(), "VmRSS:");
     let _ = envoy.kill();
     let _ = envoy.wait();
+    let base_ports = [free_port()?, free_port()?];
+    let base = json!({
+    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": base_ports[1]}}},
+    "static_resources": {"clusters": bootstrap["static_resources"]["clusters"].clone(), "listeners": [
+        listener("plain", base_ports[0], json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]), vec![router()]),
+    ]}});
+    let base_cfg = dir.join("envoy-bench-baseline.json");
+    std::fs::write(&base_cfg, base.to_string())?;
+    let mut baseline = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(ksit_tests::envoy::envoy_binary("1.40.0")?)
+        .args([
+            "-c",
+            &base_cfg.to_string_lossy(),
+            "--concurrency",
+            "1",
+            "-l",
+            "error",
+            "--use-dynamic-base-id",
+            "--disable-hot-restart",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ready = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", base_ports[0]))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "baseline Envoy did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wrk(base_ports[0], 1)?;
+    let rss_base = proc_status_mb(baseline.id(), "VmRSS:");
+    let _ = baseline.kill();
+    let _ = baseline.wait();
+    let mb_per_vm = (rss_full - rss_base) / vms;
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
         let mut x: Vec<f64> = v.iter().map(f).collect();
         x.sort_by(|a, b| a.total_cmp(b));
@@ -237,6 +319,10 @@ async fn filter() -> anyhow::Result<()> {
         "filter_vs_native": rps[2] / rps[1], "filter_vs_plain": rps[2] / rps[0], "filter_1000_vs_native": rps[3] / rps[1],
         "p50_plain_us": p50[0], "p50_native_us": p50[1], "p50_filter_us": p50[2], "p50_filter_1000_us": p50[3],
         "p99_plain_us": p99[0], "p99_native_us": p99[1], "p99_filter_us": p99[2], "p99_filter_1000_us": p99[3],
+        "filter_20_policies_rps": rps[4], "filter_20_filters_rps": rps[5],
+        "filter_20_policies_vs_native": rps[4] / rps[1], "filter_20_filters_vs_native": rps[5] / rps[1],
+        "p99_filter_20_policies_us": p99[4], "p99_filter_20_filters_us": p99[5],
+        "wasm_vms": vms, "envoy_rss_mb": rss_full, "envoy_baseline_rss_mb": rss_base, "mb_per_wasm_vm": mb_per_vm,
         "module_bytes": module_bytes, "rounds": rounds, "seconds_per_round": secs, "envoy": "1.40.0",
     });
     println!("\n{:<34} {:>10}", "filter (median of rounds)", "");
@@ -256,7 +342,17 @@ async fn filter() -> anyhow::Result<()> {
         p99[2],
         p99[2] / p99[1]
     );
+    println!(
+        "  20 policies on one listener: merged into one filter {:.0} req/s ({:.3}x native), as 20 filters {:.0} req/s ({:.3}x native)",
+        rps[4],
+        rps[4] / rps[1],
+        rps[5],
+        rps[5] / rps[1]
+    );
     println!("  module  {module_bytes} bytes");
+    println!(
+        "  memory  Envoy {rss_full:.0} MB with {vms} Wasm VMs, {rss_base:.0} MB without: {mb_per_vm:.2} MB per VM"
+    );
     std::fs::write(
         dir.join("filter.json"),
         serde_json::to_string_pretty(&report)?,
@@ -264,6 +360,23 @@ async fn filter() -> anyhow::Result<()> {
     println!("  -> target/bench/filter.json");
     drop(backends);
     Ok(())
+}
+
+/// GET on Envoy's admin endpoint (HTTP/1.1, `Connection: close`, read to the end).
+async fn admin_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
 
 fn b64(data: &[u8]) -> String {
@@ -285,11 +398,16 @@ fn b64(data: &[u8]) -> String {
 }
 
 fn rss_mb(pid: u32) -> f64 {
+    proc_status_mb(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` memory field (`VmHWM:` peak, `VmRSS:` now) in MB.
+fn proc_status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
+                l.strip_prefix(field)
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             })
         })
