@@ -2,9 +2,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN rustup target add wasm32-wasip1 \
+RUN apt-get update -qq && apt-get install -y -qq binaryen \
+ && rustup target add wasm32-wasip1 \
  && cargo build --release -p ksit-controller \
- && cargo build --release --target wasm32-wasip1 -p ksit-filter
+ && make wasm
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/ksit /usr/bin/ksit

@@ -78,13 +78,21 @@ impl PluginConfig {
 }
 
 /// Deserializes with the failing field's path in the error, e.g. `spec.http[0].route[1].weight`.
+///
+/// The value is deserialized from its compact text, so the error's position locates the field
+/// (`json_path::path_at`); the message is serde's without that position.
 pub fn from_value<T: serde::de::DeserializeOwned>(
     v: Value,
     prefix: &str,
 ) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let inner = e.path().to_string();
-        let path = if inner == "." || inner.is_empty() {
+    let text = serde_json::to_vec(&v)
+        .map_err(|e| ConfigError::one(prefix, format!("cannot be re-encoded: {e}")))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        // serde_json's column is 1-based and names the last character read: as a 0-based offset it is the
+        // first character not yet read.
+        let offset = e.column();
+        let inner = crate::json_path::path_at(&text, offset);
+        let path = if inner.is_empty() {
             prefix.to_string()
         } else if prefix.is_empty() {
             inner
@@ -93,8 +101,123 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
         } else {
             format!("{prefix}.{inner}")
         };
+        let full = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
         ConfigError {
-            errors: vec![FieldError::new(path, e.into_inner().to_string())],
+            errors: vec![FieldError::new(path, message)],
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_value;
+    use crate::spec::TrafficPolicySpec;
+    use serde_json::json;
+
+    fn old(v: serde_json::Value) -> String {
+        match serde_path_to_error::deserialize::<_, TrafficPolicySpec>(v) {
+            Ok(_) => "ok".into(),
+            Err(e) => {
+                let p = e.path().to_string();
+                format!("{p}: {}", e.into_inner())
+            }
+        }
+    }
+
+    fn new(v: serde_json::Value) -> String {
+        match from_value::<TrafficPolicySpec>(v, "") {
+            Ok(_) => "ok".into(),
+            Err(e) => e.errors[0].to_string(),
+        }
+    }
+
+    /// Every leaf of a full spec replaced by a value of each JSON type, and an unknown key added to every
+    /// object: the path and message are those serde_path_to_error reports.
+    #[test]
+    fn paths_match_path_to_error_for_every_field() {
+        let text = include_str!("../../manifests/examples/multi-cluster-mesh/trafficpolicy.yaml");
+        let doc: serde_json::Value = serde_yaml::from_str(text).unwrap_or_default();
+        let mut spec = doc["spec"].clone();
+        spec["overrides"] = json!([{"clusters": ["c1"], "maxActiveFaults": 3,
+            "http": [{"name": "api", "fault": {}, "route": [{"destination": {"host": "a", "subset": "v2"}}]}]}]);
+        spec["maxActiveFaults"] = json!(10);
+        spec["failStrategy"] = json!("FAIL_OPEN");
+        spec["http"][0]["match"][0]["headers"] = json!({"x-a": {"regex": "a.*"}});
+        spec["http"][0]["match"][0]["queryParams"] = json!({"q": {"exact": "1"}});
+        spec["http"][0]["timeout"] = json!("1s");
+        let mut pointers = Vec::new();
+        fn walk(v: &serde_json::Value, at: String, out: &mut Vec<(String, bool)>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    out.push((at.clone(), true));
+                    for (k, x) in m {
+                        walk(x, format!("{at}/{k}"), out);
+                    }
+                }
+                serde_json::Value::Array(l) => {
+                    out.push((at.clone(), false));
+                    for (i, x) in l.iter().enumerate() {
+                        walk(x, format!("{at}/{i}"), out);
+                    }
+                }
+                _ => out.push((at, false)),
+            }
+        }
+        walk(&spec, String::new(), &mut pointers);
+        assert!(pointers.len() > 40, "{}", pointers.len());
+        let mut compared = 0;
+        for (ptr, is_object) in &pointers {
+            let mut variants = vec![json!("s"), json!(-1), json!(1.5), json!(true), json!([]), json!({}), json!(null)];
+            if ptr.is_empty() {
+                variants.clear();
+            }
+            for x in variants {
+                let mut c = spec.clone();
+                if let Some(slot) = c.pointer_mut(ptr) {
+                    *slot = x;
+                }
+                let (a, b) = (new(c.clone()), old(c.clone()).replace(".:", ":"));
+                if ptr == "/failStrategy" {
+                    // Read as a plain string (see spec.rs), so the message differs; the path does not.
+                    assert!(a.starts_with("failStrategy: "), "{a}");
+                    assert!(a.contains("FAIL_CLOSE") && a.contains("FAIL_OPEN"), "{a}");
+                } else {
+                    assert_eq!(a, b, "{ptr}: {c}");
+                }
+                compared += 1;
+            }
+            if *is_object {
+                let mut c = spec.clone();
+                if let Some(m) = c.pointer_mut(ptr).and_then(serde_json::Value::as_object_mut) {
+                    m.insert("zzUnknown".into(), json!(1));
+                }
+                assert_eq!(new(c.clone()), old(c.clone()), "{ptr}: {c}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 300, "{compared}");
+    }
+
+    #[test]
+    fn paths_match_path_to_error() {
+        let base = json!({"hosts": ["h"], "http": [{"name": "a", "route": [{"destination": {"host": "x"}, "weight": 1}]}]});
+        let cases: Vec<serde_json::Value> = vec![
+            json!({"hosts": "h"}),
+            json!({"hosts": ["h"], "upsync": []}),
+            json!({"hosts": ["h"], "http": [{"timeuot": "5s"}]}),
+            json!({"hosts": ["h"], "http": [{"name": "a"}, {"route": [{"destination": {"host": "x"}, "weight": "ten"}]}]}),
+            json!({"hosts": ["h"], "http": [{"route": [{"destination": {}}]}]}),
+            json!({"hosts": ["h"], "http": [{"route": [{"destination": {"host": "x", "port": {"number": -1}}}]}]}),
+            json!({"hosts": ["h"], "http": [{"match": [{"uri": {"prefix": 1}}]}]}),
+            json!({"hosts": ["h"], "http": [{"fault": {"delay": {"percentage": {"value": "x"}}}}]}),
+            json!({"hosts": [1]}),
+            json!([]),
+            base,
+        ];
+        for c in cases {
+            assert_eq!(new(c.clone()).replace(".:", ":"), old(c.clone()).replace(".:", ":"), "{c}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod hash;
 pub mod index;
+pub mod json_path;
 pub mod request;
 pub mod spec;
 pub mod validate;

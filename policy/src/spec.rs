@@ -40,7 +40,7 @@ pub struct TrafficPolicySpec {
 }
 
 /// Istio's failure policy for a Wasm plugin.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub enum FailStrategy {
     /// The request fails (503) when the filter cannot run: no client can pick its own destination.
     #[default]
@@ -49,6 +49,28 @@ pub enum FailStrategy {
     /// The filter is skipped when it cannot run; the VirtualService's default route takes the request.
     #[serde(rename = "FAIL_OPEN")]
     FailOpen,
+}
+
+// By hand, as a plain string: the derived enum reader answers a non-string with a bare "expected value" when
+// reading JSON text.
+impl<'de> Deserialize<'de> for FailStrategy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl serde::de::Visitor<'_> for Names {
+            type Value = FailStrategy;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("FAIL_CLOSE or FAIL_OPEN")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FailStrategy, E> {
+                match v {
+                    "FAIL_CLOSE" => Ok(FailStrategy::FailClose),
+                    "FAIL_OPEN" => Ok(FailStrategy::FailOpen),
+                    other => Err(E::unknown_variant(other, &["FAIL_CLOSE", "FAIL_OPEN"])),
+                }
+            }
+        }
+        d.deserialize_str(Names)
+    }
 }
 
 impl FailStrategy {
