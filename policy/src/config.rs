@@ -169,7 +169,15 @@ mod tests {
         assert!(pointers.len() > 40, "{}", pointers.len());
         let mut compared = 0;
         for (ptr, is_object) in &pointers {
-            let mut variants = vec![json!("s"), json!(-1), json!(1.5), json!(true), json!([]), json!({}), json!(null)];
+            let mut variants = vec![
+                json!("s"),
+                json!(-1),
+                json!(1.5),
+                json!(true),
+                json!([]),
+                json!({}),
+                json!(null),
+            ];
             if ptr.is_empty() {
                 variants.clear();
             }
@@ -190,7 +198,10 @@ mod tests {
             }
             if *is_object {
                 let mut c = spec.clone();
-                if let Some(m) = c.pointer_mut(ptr).and_then(serde_json::Value::as_object_mut) {
+                if let Some(m) = c
+                    .pointer_mut(ptr)
+                    .and_then(serde_json::Value::as_object_mut)
+                {
                     m.insert("zzUnknown".into(), json!(1));
                 }
                 assert_eq!(new(c.clone()), old(c.clone()), "{ptr}: {c}");
@@ -217,7 +228,11 @@ mod tests {
             base,
         ];
         for c in cases {
-            assert_eq!(new(c.clone()).replace(".:", ":"), old(c.clone()).replace(".:", ":"), "{c}");
+            assert_eq!(
+                new(c.clone()).replace(".:", ":"),
+                old(c.clone()).replace(".:", ":"),
+                "{c}"
+            );
         }
     }
 }

@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn names_the_field_at_an_offset() {
-        let t = r#"{"http":[{"name":"a"},{"route":[{"weight":"X"},{"weight":"Y"}]}],"hosts":["h"]}"#;
+        let t =
+            r#"{"http":[{"name":"a"},{"route":[{"weight":"X"},{"weight":"Y"}]}],"hosts":["h"]}"#;
         assert_eq!(at(t, "\"X\""), "http[1].route[0].weight");
         assert_eq!(at(t, "\"Y\""), "http[1].route[1].weight");
         assert_eq!(at(t, "\"a\""), "http[0].name");
