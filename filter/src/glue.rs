@@ -17,6 +17,19 @@ proxy_wasm::main! {{
 /// How often paused requests are checked while any are held.
 const TICK_MS: u32 = 10;
 
+/// Benchmark builds (feature `bench-stages`): where each request stops, from `KSIT_BENCH_STAGE`.
+#[cfg(feature = "bench-stages")]
+static BENCH_STAGE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Whether a benchmark build stops the request after stage `n`; always false in the real module.
+#[inline(always)]
+fn bench_stop(_n: u8) -> bool {
+    #[cfg(feature = "bench-stages")]
+    return BENCH_STAGE.load(std::sync::atomic::Ordering::Relaxed) == _n;
+    #[cfg(not(feature = "bench-stages"))]
+    false
+}
+
 /// Metric ids for one rule.
 struct RuleMetrics {
     per_destination: Vec<u32>,
@@ -84,6 +97,14 @@ impl RootContext for Root {
         .flatten()
         .unwrap_or_default();
         let env_cluster = std::env::var("KSIT_CLUSTER").ok();
+        #[cfg(feature = "bench-stages")]
+        BENCH_STAGE.store(
+            std::env::var("KSIT_BENCH_STAGE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u8::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let engine = match Engine::from_json(&config, env_cluster.as_deref()) {
             Ok(e) => e,
             Err(e) => {
@@ -227,6 +248,9 @@ fn abort(status: AbortStatus) {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        if bench_stop(0) {
+            return Action::Continue;
+        }
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -235,6 +259,9 @@ impl HttpContext for Http {
         };
         let mut pairs = Vec::with_capacity(num_headers);
         header_map::parse(&buf, &mut pairs);
+        if bench_stop(1) {
+            return Action::Continue;
+        }
         #[cfg(feature = "test-trap")]
         if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
             core::arch::wasm32::unreachable();
@@ -246,9 +273,15 @@ impl HttpContext for Http {
             .engine
             .decide(&Request::new(&pairs), shared.entropy());
         let m = &shared.metrics;
+        if bench_stop(2) {
+            return Action::Continue;
+        }
         match (d.rule, d.destination) {
             (Some(rule), Some(dest)) => {
                 host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
+                if bench_stop(3) {
+                    return Action::Continue;
+                }
                 if let Some(rm) = m.rules.get(rule.id) {
                     let di = rule
                         .destinations

@@ -54,11 +54,34 @@ fn router() -> Value {
 }
 
 fn wasm(policy: &Value, module: &str, vm: &str) -> Value {
+    wasm_env(policy, module, vm, json!({}))
+}
+
+fn wasm_env(policy: &Value, module: &str, vm: &str, env: Value) -> Value {
     json!({"name": "envoy.filters.http.wasm", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
         "name": vm, "root_id": "ksit",
         "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": policy.to_string()},
-        "vm_config": {"vm_id": vm, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}}}}})
+        "vm_config": {"vm_id": vm, "runtime": "envoy.wasm.runtime.v8", "environment_variables": {"key_values": env},
+                      "code": {"local": {"filename": module}}}}}})
 }
+
+/// The benchmark build of the filter (feature `bench-stages`, built by `make bench`), if present.
+fn stages_module() -> Option<String> {
+    let p = std::env::var("KSIT_BENCH_STAGES_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            ksit_tests::repo_root().join("target/stages/wasm32-wasip1/release/ksit_filter.wasm")
+        });
+    p.exists().then(|| p.to_string_lossy().to_string())
+}
+
+/// Where the stage listeners stop each request (see the filter's `bench-stages` feature).
+const STAGES: [(&str, &str); 4] = [
+    ("stage0", "callback returns at once"),
+    ("stage1", "+ read and parse the headers"),
+    ("stage2", "+ decide"),
+    ("stage3", "+ set x-ksit-destination"),
+];
 
 fn listener(name: &str, port: u16, routes: Value, filters: Vec<Value>) -> Value {
     json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -85,6 +108,35 @@ struct Wrk {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Envoy's CPU time (user + system) per request during the run: the filter's cost without the noise
+    /// of a shared machine's throughput (NaN when not measured).
+    cpu_us_per_req: f64,
+}
+
+/// CPU time (user + system) a process has used, in microseconds (`/proc/PID/stat`, clock ticks of 10 ms).
+fn cpu_us(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces) start at the state, field 3; utime and stime
+    // are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) * 10_000.0
+}
+
+/// One wrk run against `port`, with Envoy's (`pid`) CPU time per request.
+fn wrk_cpu(port: u16, secs: u64, pid: u32) -> anyhow::Result<Wrk> {
+    let before = cpu_us(pid);
+    let mut w = wrk(port, secs)?;
+    let used = cpu_us(pid) - before;
+    w.cpu_us_per_req = used / (w.rps * secs as f64);
+    Ok(w)
 }
 
 fn parse_latency(s: &str) -> f64 {
@@ -139,6 +191,7 @@ fn wrk(port: u16, secs: u64) -> anyhow::Result<Wrk> {
         rps,
         p50_us: pct("50%"),
         p99_us: pct("99%"),
+        cpu_us_per_req: f64::NAN,
     })
 }
 
@@ -150,17 +203,18 @@ async fn filter() -> anyhow::Result<()> {
         ksit_tests::backend::start_all(&["api-service-v1", "api-service-v2", "web-service"])
             .await?;
     let clusters: Vec<Value> = backends.iter().map(|b| cluster(&b.name, b.addr)).collect();
-    // plain, native, ksit, ksit1000, ksit20 (one filter, 20 merged policies), ksit20x (20 filters), admin
-    let ports = [
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-        free_port()?,
-    ];
-    let admin = ports[6];
+    // plain, native, ksit, ksit1000, ksit20 (one filter, 20 merged policies), ksit20x (20 filters), then the
+    // stage listeners when the benchmark build of the filter is there.
+    let stages = stages_module();
+    let n_listeners = if stages.is_some() {
+        6 + STAGES.len()
+    } else {
+        6
+    };
+    let ports: Vec<u16> = (0..n_listeners)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<_>>()?;
+    let admin = free_port()?;
     let mut big = seed_no_delay()?;
     let mut rules: Vec<Value> = (0..999)
         .map(|i| json!({"name": format!("r{i}"), "match": [{"uri": {"prefix": format!("/svc{i}/")}}], "route": [{"destination": {"host": "web-service"}}]}))
@@ -195,16 +249,53 @@ async fn filter() -> anyhow::Result<()> {
         "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}}}});
     let native_routes = json!([{"match": {"prefix": "/api"}, "route": {"weighted_clusters": {"clusters": [{"name": "api-service-v1", "weight": 90}, {"name": "api-service-v2", "weight": 10}]}}},
                                {"match": {"prefix": "/web"}, "route": {"cluster": "web-service"}}]);
+    let mut listeners = vec![
+        listener(
+            "plain",
+            ports[0],
+            json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]),
+            vec![router()],
+        ),
+        listener(
+            "native",
+            ports[1],
+            native_routes,
+            vec![native_fault, router()],
+        ),
+        listener(
+            "ksit",
+            ports[2],
+            header_routes(),
+            vec![wasm(&seed_no_delay()?, &module_s, "ksit"), router()],
+        ),
+        listener(
+            "ksit1000",
+            ports[3],
+            header_routes(),
+            vec![wasm(&big, &module_s, "ksit1000"), router()],
+        ),
+        listener(
+            "ksit20",
+            ports[4],
+            header_routes(),
+            vec![wasm(&merged, &module_s, "ksit20"), router()],
+        ),
+        listener("ksit20x", ports[5], header_routes(), separate),
+    ];
+    if let Some(m) = &stages {
+        for (i, (name, _)) in STAGES.iter().enumerate() {
+            let env = json!({"KSIT_BENCH_STAGE": i.to_string()});
+            listeners.push(listener(
+                name,
+                ports[6 + i],
+                header_routes(),
+                vec![wasm_env(&seed_no_delay()?, m, name, env), router()],
+            ));
+        }
+    }
     let bootstrap = json!({
     "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-    "static_resources": {"clusters": clusters, "listeners": [
-        listener("plain", ports[0], json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]), vec![router()]),
-        listener("native", ports[1], native_routes, vec![native_fault, router()]),
-        listener("ksit", ports[2], header_routes(), vec![wasm(&seed_no_delay()?, &module_s, "ksit"), router()]),
-        listener("ksit1000", ports[3], header_routes(), vec![wasm(&big, &module_s, "ksit1000"), router()]),
-        listener("ksit20", ports[4], header_routes(), vec![wasm(&merged, &module_s, "ksit20"), router()]),
-        listener("ksit20x", ports[5], header_routes(), separate),
-    ]}});
+    "static_resources": {"clusters": clusters, "listeners": listeners}});
     let dir = out_dir()?;
     let cfg = dir.join("envoy-bench.json");
     std::fs::write(&cfg, bootstrap.to_string())?;
@@ -226,7 +317,7 @@ async fn filter() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", ports[5]))
+    while tokio::net::TcpStream::connect(("127.0.0.1", ports[ports.len() - 1]))
         .await
         .is_err()
     {
@@ -236,17 +327,20 @@ async fn filter() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (rounds, secs) = if quick() { (1, 3) } else { (3, 8) };
-    let names = ["plain", "native", "ksit", "ksit1000", "ksit20", "ksit20x"];
+    let (rounds, secs) = if quick() { (1, 3) } else { (5, 6) };
+    let mut names = vec!["plain", "native", "ksit", "ksit1000", "ksit20", "ksit20x"];
+    if stages.is_some() {
+        names.extend(STAGES.iter().map(|(n, _)| *n));
+    }
     let mut results: Vec<Vec<Wrk>> = names.iter().map(|_| Vec::new()).collect();
     println!("filter: {rounds} interleaved round(s) of {secs}s per variant; Envoy on CPU 0, wrk (1 thread, 32 connections) on CPU 1");
     for _ in 0..rounds {
         for (i, p) in ports[..names.len()].iter().enumerate() {
             wrk(*p, 1)?; // warm-up
-            let w = wrk(*p, secs)?;
+            let w = wrk_cpu(*p, secs, envoy.id())?;
             println!(
-                "  {:<9} {:>9.0} req/s  p50 {:>6.0}us  p99 {:>6.0}us",
-                names[i], w.rps, w.p50_us, w.p99_us
+                "  {:<9} {:>9.0} req/s  p50 {:>6.0}us  p99 {:>6.0}us  Envoy CPU {:>5.1}us/req",
+                names[i], w.rps, w.p50_us, w.p99_us, w.cpu_us_per_req
             );
             results[i].push(w);
         }
@@ -314,11 +408,18 @@ async fn filter() -> anyhow::Result<()> {
     let rps: Vec<f64> = results.iter().map(|r| med(r, |w| w.rps)).collect();
     let p50: Vec<f64> = results.iter().map(|r| med(r, |w| w.p50_us)).collect();
     let p99: Vec<f64> = results.iter().map(|r| med(r, |w| w.p99_us)).collect();
+    let cpu: Vec<f64> = results
+        .iter()
+        .map(|r| med(r, |w| w.cpu_us_per_req))
+        .collect();
     let report = json!({
         "plain_rps": rps[0], "native_rps": rps[1], "filter_rps": rps[2], "filter_1000_rps": rps[3],
         "filter_vs_native": rps[2] / rps[1], "filter_vs_plain": rps[2] / rps[0], "filter_1000_vs_native": rps[3] / rps[1],
         "p50_plain_us": p50[0], "p50_native_us": p50[1], "p50_filter_us": p50[2], "p50_filter_1000_us": p50[3],
         "p99_plain_us": p99[0], "p99_native_us": p99[1], "p99_filter_us": p99[2], "p99_filter_1000_us": p99[3],
+        "cpu_us_per_req": names.iter().zip(&cpu).map(|(n, c)| (n.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
+        "filter_vs_native_by_cpu": cpu[1] / cpu[2], "filter_20_policies_vs_native_by_cpu": cpu[1] / cpu[4],
+        "filter_20_filters_vs_native_by_cpu": cpu[1] / cpu[5],
         "filter_20_policies_rps": rps[4], "filter_20_filters_rps": rps[5],
         "filter_20_policies_vs_native": rps[4] / rps[1], "filter_20_filters_vs_native": rps[5] / rps[1],
         "p99_filter_20_policies_us": p99[4], "p99_filter_20_filters_us": p99[5],
@@ -336,6 +437,27 @@ async fn filter() -> anyhow::Result<()> {
         rps[2] / rps[1],
         rps[3] / rps[1]
     );
+    println!(
+        "  Envoy CPU per request  plain {:.1}us  native {:.1}us  ksit {:.1}us  ksit 1000 rules {:.1}us  20 merged {:.1}us  20 filters {:.1}us",
+        cpu[0], cpu[1], cpu[2], cpu[3], cpu[4], cpu[5]
+    );
+    println!(
+        "  by CPU  native/ksit {:.3} (the throughput ratio when Envoy is the bottleneck)",
+        cpu[1] / cpu[2]
+    );
+    if stages.is_some() {
+        println!(
+            "  where the filter's cost goes (Envoy CPU per request; native {:.1}us):",
+            cpu[1]
+        );
+        for (i, (name, what)) in STAGES.iter().enumerate() {
+            println!("    {name}  {what:<32} {:>6.1}us", cpu[6 + i]);
+        }
+        println!(
+            "    ksit    {:<32} {:>6.1}us",
+            "+ count (the full filter)", cpu[2]
+        );
+    }
     println!(
         "  p99     native {:.0}us  ksit {:.0}us ({:.2}x)",
         p99[1],
