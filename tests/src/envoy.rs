@@ -772,6 +772,13 @@ impl Envoy {
         Ok(self.admin_get("/stats/prometheus").await?.body)
     }
 
+    /// `/stats/prometheus` once the filter has flushed what it counted so far: it hands its per-request
+    /// counters to Envoy every 500 ms (`FLUSH_MS` in filter/src/glue.rs), so this waits a little longer.
+    pub async fn prometheus_flushed(&self) -> anyhow::Result<String> {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        self.prometheus().await
+    }
+
     /// The counters and gauges whose names match the regex `filter` (Envoy's `/stats?filter=`; `""`: all).
     pub async fn stats(&self, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {
         let mut path = "/stats?format=json".to_string();

@@ -148,7 +148,7 @@ async fn routes_api_and_web_and_passes_the_rest_unchanged() {
             )
             .await;
         assert_eq!(r.backend(), dest.as_deref(), "{v}");
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         assert!(
             prom_value(&prom, "ksit_spoofed_destination_total", &[]).unwrap() >= 3.0,
             "{v}: {prom}"
@@ -179,7 +179,7 @@ async fn weighted_split_is_90_10_and_matches_the_engine() {
             (7.5..=12.5).contains(&pct),
             "{v}: canary share {pct}% not within 10 ± 2.5"
         );
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         let v2 = prom_value(
             &prom,
             "ksit_requests_total",
@@ -311,7 +311,7 @@ async fn delay_applies_to_the_rolled_requests_only() {
             delayed > 5 && delayed < 40,
             "{v}: {delayed} of 60 delayed at 30%"
         );
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         assert_eq!(
             prom_value(&prom, "ksit_delays_total", &[("ksit_rule", "api")]),
             Some(f64::from(delayed)),
@@ -352,7 +352,7 @@ async fn abort_answers_the_status_at_the_configured_rate() {
         }
         let pct = f64::from(aborted) * 100.0 / f64::from(n);
         assert!((16.0..=24.0).contains(&pct), "{v}: abort rate {pct}%");
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         assert_eq!(
             prom_value(&prom, "ksit_aborts_total", &[("ksit_rule", "api")]),
             Some(f64::from(aborted)),
@@ -434,7 +434,7 @@ async fn max_active_faults_caps_paused_requests() {
             slow += (r.elapsed >= Duration::from_millis(1500)) as u32;
         }
         assert_eq!(slow, 2, "{v}: exactly maxActiveFaults requests may be held");
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         assert_eq!(
             prom_value(&prom, "ksit_faults_skipped_total", &[("ksit_rule", "api")]),
             Some(4.0),
@@ -464,7 +464,7 @@ async fn a_client_leaving_during_a_delay_leaves_nothing_paused() {
         // Gauge back to 0 long before the 30s delay would end.
         let mut active = None;
         for _ in 0..50 {
-            let prom = rig.envoy.prometheus().await.unwrap();
+            let prom = rig.envoy.prometheus_flushed().await.unwrap();
             active = prom_value(&prom, "ksit_active_delays", &[]);
             if active == Some(0.0) {
                 break;
@@ -481,7 +481,7 @@ async fn a_client_leaving_during_a_delay_leaves_nothing_paused() {
             r.is_err(),
             "{v}: the request should be held by the delay, got {r:?}"
         );
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         assert_eq!(
             prom_value(&prom, "ksit_faults_skipped_total", &[("ksit_rule", "api")]),
             Some(0.0),
@@ -496,7 +496,7 @@ async fn metrics_are_exported() {
         let rig = Rig::start(&v, &seed_without_faults(), &[], 1).await;
         rig.get("/web", &[]).await;
         rig.get("/nope", &[]).await;
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         assert_eq!(
             prom_value(
                 &prom,
@@ -596,7 +596,7 @@ async fn merged_policies_route_each_host_by_its_own_policy() {
             .await
             .unwrap();
         assert_eq!(other.backend(), Some("passthrough"), "{v}");
-        let prom = rig.envoy.prometheus().await.unwrap();
+        let prom = rig.envoy.prometheus_flushed().await.unwrap();
         for (policy, dest) in [
             ("default/myapp", "web-service"),
             ("shop/front", "api-service-v2"),

@@ -264,7 +264,7 @@ async fn malformed_requests_are_answered_and_never_break_the_vm() {
             Some(0),
             "{v}"
         );
-        let prom = envoy.prometheus().await.unwrap();
+        let prom = envoy.prometheus_flushed().await.unwrap();
         let decided = ksit_tests::envoy::prom_value(&prom, "ksit_requests_total", &[]).unwrap();
         assert!(decided >= 12.0, "{v}: {decided}");
     }
