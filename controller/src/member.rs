@@ -183,6 +183,12 @@ pub struct Worker {
     discovered: BTreeMap<String, Option<BTreeSet<String>>>,
     watched: BTreeSet<ResourceKind>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Kinds ksit may prune but has no objects of here (neither wanted nor left over at the last look):
+    /// they are not watched and are looked at again only once per resync (a watch per kind per cluster
+    /// would hold a connection each: ten kinds at a hundred clusters was most of the controller's memory).
+    empty_kinds: BTreeSet<(String, String)>,
+    /// When every prune kind was last listed.
+    full_scan: Option<Instant>,
     /// What the drift watches see of ksit's objects, per kind (group, plural): a reconcile compares against
     /// it instead of reading every object again. Objects ksit does not own are not in it and are always read.
     cache: Arc<std::sync::Mutex<BTreeMap<(String, String), KindCache>>>,
@@ -200,6 +206,8 @@ impl Worker {
             discovered: BTreeMap::new(),
             watched: BTreeSet::new(),
             watchers: vec![],
+            empty_kinds: BTreeSet::new(),
+            full_scan: None,
             cache: Default::default(),
             drift_tx,
             drift_rx,
@@ -353,6 +361,11 @@ impl Worker {
                 cluster: cluster.clone(),
                 message: first_line(&e.to_string()),
             })?;
+        if config.cluster_url.scheme_str() == Some("http") && config.root_cert.is_none() {
+            // Plain HTTP never uses TLS, but the client builds a TLS config regardless, and without a CA
+            // that means loading the system trust store: about 0.5 MB and some milliseconds per cluster.
+            config.root_cert = Some(Vec::new());
+        }
         config.connect_timeout = Some(self.cfg.timeout);
         config.read_timeout = Some(self.cfg.timeout);
         config.write_timeout = Some(self.cfg.timeout);
@@ -362,6 +375,7 @@ impl Worker {
         })?;
         self.client = Some((fingerprint, client.clone()));
         self.discovered.clear();
+        self.empty_kinds.clear();
         self.restart_watchers(&client, BTreeSet::new());
         Ok(client)
     }
@@ -555,8 +569,23 @@ impl Worker {
             report.objects.push(ObjectReport { key, outcome });
         }
         // Prune: only objects carrying ksit's label AND managed by ksit-controller, never namespaces.
+        let wanted_kinds: BTreeSet<(String, String)> = plan
+            .objects
+            .iter()
+            .map(|o| (o.kind.group.clone(), o.kind.plural.clone()))
+            .collect();
+        let full_scan = self
+            .full_scan
+            .is_none_or(|t| t.elapsed() >= self.cfg.resync);
+        if full_scan {
+            self.full_scan = Some(Instant::now());
+        }
         for kind in &plan.prune_kinds {
             if kind.kind == "Namespace" {
+                continue;
+            }
+            let gp = (kind.group.clone(), kind.plural.clone());
+            if !full_scan && !wanted_kinds.contains(&gp) && self.empty_kinds.contains(&gp) {
                 continue;
             }
             // A failed look (e.g. a 500) skips pruning this kind this time; only losing the cluster ends the pass.
@@ -571,7 +600,6 @@ impl Worker {
             if !present {
                 continue;
             }
-            present_kinds.insert(kind.clone());
             let api = api_for(client, kind, None);
             let lp =
                 ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
@@ -593,13 +621,18 @@ impl Worker {
                     }
                 },
             };
+            let mut left = false;
             for live in items {
                 let key = ObjectKey {
                     kind: kind.clone(),
                     namespace: live.metadata.namespace.clone().filter(|_| kind.namespaced),
                     name: live.metadata.name.clone().unwrap_or_default(),
                 };
-                if wanted.contains(&id(&key)) || retained.contains(&id(&key)) || !owned(&live) {
+                if !owned(&live) {
+                    continue;
+                }
+                if wanted.contains(&id(&key)) || retained.contains(&id(&key)) {
+                    left = true;
                     continue;
                 }
                 let api = api_for(client, kind, key.namespace.as_deref());
@@ -624,8 +657,18 @@ impl Worker {
                     }
                     Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {}
                     Err(e) if is_cluster_wide(&e) => return Err(e),
-                    Err(e) => log::warn!("{cluster}: pruning {key}: {e}"),
+                    Err(e) => {
+                        left = true;
+                        log::warn!("{cluster}: pruning {key}: {e}");
+                    }
                 }
+            }
+            // Watched: the kinds ksit wants here, and any where its objects remain.
+            if left || wanted_kinds.contains(&gp) {
+                self.empty_kinds.remove(&gp);
+                present_kinds.insert(kind.clone());
+            } else {
+                self.empty_kinds.insert(gp);
             }
         }
         present_kinds.remove(&ResourceKind::namespace_kind());

@@ -215,6 +215,31 @@ async fn controller_binds_renders_applies_prunes_and_reports() {
     })
     .await;
 
+    // A ksit-owned object of a kind ksit sends nothing of here (so it does not watch it) is still found
+    // and pruned by the next resync's full look (e.g. one restored from a backup).
+    c1.put(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "restored", "namespace": "default",
+                "labels": {"app.kubernetes.io/managed-by": "ksit"}},
+            "spec": {"hosts": ["restored.example.com"], "resolution": "DNS"}}),
+        "ksit-controller",
+    )
+    .unwrap();
+    wait_for(
+        "a stale ksit ServiceEntry pruned within a resync",
+        Duration::from_secs(8),
+        || {
+            c1.object(
+                "networking.istio.io",
+                "serviceentries",
+                Some("default"),
+                "restored",
+            )
+            .is_none()
+        },
+    )
+    .await;
+
     // A second TrafficPolicy on the same gateway joins the same WasmPlugin (one filter invocation per
     // request); one that claims a host the older policy holds is left out, with the reason in its status.
     // (creationTimestamp has one-second resolution, so within a second the older is the first by name.)

@@ -29,7 +29,7 @@ async fn main() {
 }
 
 fn quick() -> bool {
-    std::env::var_os("BENCH_QUICK").is_some()
+    std::env::var_os("BENCH_QUICK").is_some_and(|v| !v.is_empty())
 }
 
 fn out_dir() -> anyhow::Result<PathBuf> {
@@ -538,7 +538,17 @@ fn proc_status_mb(pid: u32, field: &str) -> f64 {
 }
 
 async fn controller() -> anyhow::Result<()> {
-    let sizes: &[usize] = if quick() { &[1, 10] } else { &[1, 10, 100] };
+    // BENCH_CLUSTERS=100 (comma-separated) runs only those sizes.
+    let chosen: Vec<usize> = std::env::var("BENCH_CLUSTERS")
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let sizes: &[usize] = if !chosen.is_empty() {
+        &chosen
+    } else if quick() {
+        &[1, 10]
+    } else {
+        &[1, 10, 100]
+    };
     let ksit = ksit_tests::repo_root().join("target/release/ksit");
     anyhow::ensure!(
         ksit.exists(),
@@ -626,6 +636,7 @@ async fn controller() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let initial = t.elapsed();
+        let rss_after_sync = proc_status_mb(child.id(), "VmRSS:");
         let mut times = Vec::new();
         for k in 0..20 {
             let w = 11 + k as i64;
@@ -649,12 +660,20 @@ async fn controller() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(7)).await; // one resync (6 s)
         let idle_writes: u64 = members.iter().map(|m| m.stats().writes).sum();
         let rss = rss_mb(child.id());
+        let rss_now = proc_status_mb(child.id(), "VmRSS:");
+        let threads = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+            })
+            .unwrap_or_default();
         let _ = child.kill();
         let _ = child.wait();
         times.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
-        println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
-        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "objects_per_cluster": 20}));
+        println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads)", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
+        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "objects_per_cluster": 20}));
         for m in &members {
             m.shutdown();
         }
