@@ -92,6 +92,35 @@ async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts
     s.hub.faults().set_error_rate(0.0);
     c1.faults().set_error_rate(0.0);
 
+    // 409 Conflicts on a share of writes (hub status writes, member applies and deletes) are retried.
+    s.hub.faults().set_conflict_rate(0.3);
+    c1.faults().set_conflict_rate(0.3);
+    set_canary_weight(&s.hub, 22);
+    wait_for(
+        "converged through 30% conflicts on writes",
+        Duration::from_secs(40),
+        || canary_weight(c1) == Some(22) && canary_weight(c2) == Some(22),
+    )
+    .await;
+    wait_for(
+        "the TrafficPolicy's status written through the conflicts",
+        Duration::from_secs(40),
+        || {
+            let tp = s
+                .hub
+                .object("ksit.io", "trafficpolicies", Some("default"), "myapp");
+            let generation = tp
+                .as_ref()
+                .and_then(|t| t.pointer("/metadata/generation").cloned());
+            let st = |p: &str| tp.as_ref().and_then(|t| t.pointer(p).cloned());
+            st("/status/readyClusters") == Some(json!(2))
+                && st("/status/observedGeneration") == generation
+        },
+    )
+    .await;
+    s.hub.faults().set_conflict_rate(0.0);
+    c1.faults().set_conflict_rate(0.0);
+
     // A slow member times out; its status says so; the other converges anyway.
     c2.faults().set_latency(Duration::from_secs(3));
     set_canary_weight(&s.hub, 25);

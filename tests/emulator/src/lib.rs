@@ -79,6 +79,7 @@ pub struct Stats {
 #[derive(Default)]
 pub struct Faults {
     error_permille: AtomicU64,
+    conflict_permille: AtomicU64,
     latency_ms: AtomicU64,
     rng: AtomicU64,
     drop_watches: Option<broadcast::Sender<()>>,
@@ -90,6 +91,12 @@ impl Faults {
     /// Answers this share (0.0 to 1.0) of non-watch requests with 500.
     pub fn set_error_rate(&self, rate: f64) {
         self.error_permille
+            .store((rate.clamp(0.0, 1.0) * 1000.0) as u64, Ordering::Relaxed);
+    }
+    /// Answers this share (0.0 to 1.0) of writes (create, update, patch, delete) with 409 Conflict, as a
+    /// real API server does when an object changed under an update or another manager holds a field.
+    pub fn set_conflict_rate(&self, rate: f64) {
+        self.conflict_permille
             .store((rate.clamp(0.0, 1.0) * 1000.0) as u64, Ordering::Relaxed);
     }
     /// Delays every request.
@@ -126,7 +133,12 @@ impl Faults {
         }
     }
     fn roll_error(&self) -> bool {
-        let p = self.error_permille.load(Ordering::Relaxed);
+        self.roll(self.error_permille.load(Ordering::Relaxed))
+    }
+    fn roll_conflict(&self) -> bool {
+        self.roll(self.conflict_permille.load(Ordering::Relaxed))
+    }
+    fn roll(&self, p: u64) -> bool {
         if p == 0 {
             return false;
         }
@@ -862,6 +874,13 @@ async fn handle(
             500,
             "InternalError",
             "Internal error occurred: injected failure (emulator fault injection)",
+        )));
+    }
+    if mutating && inner.faults.roll_conflict() {
+        return Ok(error(&ApiError::new(
+            409,
+            "Conflict",
+            "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again (emulator fault injection)",
         )));
     }
     if let Err(e) = check_target(&inner, &t, verb) {

@@ -334,7 +334,12 @@ async fn filter() -> anyhow::Result<()> {
     }
     let mut results: Vec<Vec<Wrk>> = names.iter().map(|_| Vec::new()).collect();
     println!("filter: {rounds} interleaved round(s) of {secs}s per variant; Envoy on CPU 0, wrk (1 thread, 32 connections) on CPU 1");
-    for _ in 0..rounds {
+    let load_started = Instant::now();
+    let mut rss_after_first_round = f64::NAN;
+    for round in 0..rounds {
+        if round == 1 {
+            rss_after_first_round = proc_status_mb(envoy.id(), "VmRSS:");
+        }
         for (i, p) in ports[..names.len()].iter().enumerate() {
             wrk(*p, 1)?; // warm-up
             let w = wrk_cpu(*p, secs, envoy.id())?;
@@ -358,6 +363,8 @@ async fn filter() -> anyhow::Result<()> {
         })
         .unwrap_or(f64::NAN);
     let rss_full = proc_status_mb(envoy.id(), "VmRSS:");
+    // Growth under load: every VM served requests in every round, so a leak in the filter shows here.
+    let load_minutes = load_started.elapsed().as_secs_f64() / 60.0;
     let _ = envoy.kill();
     let _ = envoy.wait();
     let base_ports = [free_port()?, free_port()?];
@@ -423,6 +430,7 @@ async fn filter() -> anyhow::Result<()> {
         "filter_20_policies_rps": rps[4], "filter_20_filters_rps": rps[5],
         "filter_20_policies_vs_native": rps[4] / rps[1], "filter_20_filters_vs_native": rps[5] / rps[1],
         "p99_filter_20_policies_us": p99[4], "p99_filter_20_filters_us": p99[5],
+        "envoy_rss_after_round_1_mb": rss_after_first_round, "envoy_rss_end_mb": rss_full, "load_minutes": load_minutes,
         "wasm_vms": vms, "envoy_rss_mb": rss_full, "envoy_baseline_rss_mb": rss_base, "mb_per_wasm_vm": mb_per_vm,
         "module_bytes": module_bytes, "rounds": rounds, "seconds_per_round": secs, "envoy": "1.40.0",
     });
@@ -475,6 +483,11 @@ async fn filter() -> anyhow::Result<()> {
     println!(
         "  memory  Envoy {rss_full:.0} MB with {vms} Wasm VMs, {rss_base:.0} MB without: {mb_per_vm:.2} MB per VM"
     );
+    if rounds > 1 {
+        println!(
+            "  memory under load: Envoy {rss_after_first_round:.1} MB after round 1, {rss_full:.1} MB after {load_minutes:.1} min of load in every VM"
+        );
+    }
     std::fs::write(
         dir.join("filter.json"),
         serde_json::to_string_pretty(&report)?,
