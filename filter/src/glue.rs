@@ -72,16 +72,18 @@ struct Metrics {
     unmatched: Batched,
     spoofed: Batched,
     active_delays: u32,
+    vm_memory: u32,
 }
 
 impl Metrics {
-    /// Hands every batched count to Envoy.
+    /// Hands every batched count to Envoy, and the VM's memory size.
     fn flush(&self) {
         for r in &self.rules {
             r.per_destination.iter().for_each(Batched::flush);
         }
         self.unmatched.flush();
         self.spoofed.flush();
+        host::record(self.vm_memory, host::memory_bytes());
     }
 }
 
@@ -188,6 +190,7 @@ impl RootContext for Root {
             unmatched: Batched::new(define(MetricType::Counter, metrics::UNMATCHED)),
             spoofed: Batched::new(define(MetricType::Counter, metrics::SPOOFED)),
             active_delays: define(MetricType::Gauge, metrics::ACTIVE_DELAYS),
+            vm_memory: define(MetricType::Gauge, metrics::VM_MEMORY),
         };
         info!(
             "ksit: configured {} polic{}, {} rule(s), cluster {}, maxActiveFaults {}",

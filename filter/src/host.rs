@@ -21,6 +21,7 @@ extern "C" {
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     #[allow(clippy::too_many_arguments)]
@@ -84,6 +85,26 @@ pub fn increment(metric: u32, by: i64) {
     // SAFETY: no pointers. A missing metric is not worth failing a request for.
     unsafe {
         proxy_increment_metric(metric, by);
+    }
+}
+
+/// Sets a gauge.
+pub fn record(metric: u32, value: u64) {
+    // SAFETY: no pointers.
+    unsafe {
+        proxy_record_metric(metric, value);
+    }
+}
+
+/// The VM's linear memory in bytes (it only ever grows: a high-water mark of what the filter needed).
+pub fn memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) as u64 * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
     }
 }
 

@@ -35,6 +35,9 @@ pub const SPOOFED: &str = "ksit_spoofed_destination_total";
 pub const CONFIG_ERRORS: &str = "ksit_config_errors_total";
 /// Requests currently held by a delay fault (all workers).
 pub const ACTIVE_DELAYS: &str = "ksit_active_delays";
+/// The Wasm VM's linear memory in bytes, as last reported by a worker's VM (memory only grows, so this is
+/// the most any VM has needed; a steady value under load means nothing accumulates per request).
+pub const VM_MEMORY: &str = "ksit_vm_memory_bytes";
 
 pub fn delays(rule: RuleLabel<'_>) -> String {
     format!("ksit_delays_total{rule}")
