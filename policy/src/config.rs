@@ -27,27 +27,35 @@ impl PluginConfig {
     /// - `{ "cluster": "c1", "hosts": [...], "http": [...] }`: one spec, named `policy`;
     /// - `{ "cluster": "c1", "policies": [{"name": "ns/a", "spec": {...}}, ...] }`.
     pub fn from_json(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-        let value: Value = serde_json::from_slice(bytes)
+        // Read straight from the text (no `serde_json::Value` in between: smaller module, no copy).
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
             .map_err(|e| ConfigError::one("pluginConfig", format!("not valid JSON: {e}")))?;
-        let Value::Object(mut map) = value else {
+        let Some(members) = crate::json_path::object_members(bytes) else {
             return Err(ConfigError::one(
                 "pluginConfig",
                 "must be a JSON object (a TrafficPolicy spec)",
             ));
         };
-        let cluster = match map.remove("cluster") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            Some(_) => return Err(ConfigError::one("cluster", "must be a non-empty string")),
+        let raw = |m: &crate::json_path::Member| &bytes[m.value.clone()];
+        let cluster = match members.iter().find(|m| m.key == "cluster") {
+            None => None,
+            Some(m) => match serde_json::from_slice::<Option<String>>(raw(m)) {
+                Ok(None) => None,
+                Ok(Some(s)) if !s.is_empty() => Some(s),
+                _ => return Err(ConfigError::one("cluster", "must be a non-empty string")),
+            },
         };
-        let policies = if let Some(list) = map.remove("policies") {
-            if let Some(k) = map.keys().next() {
+        let policies = if let Some(list) = members.iter().find(|m| m.key == "policies") {
+            if let Some(k) = members
+                .iter()
+                .find(|m| m.key != "policies" && m.key != "cluster")
+            {
                 return Err(ConfigError::one(
-                    k.clone(),
+                    k.key.clone(),
                     "with `policies`, put each spec under policies[i].spec; only `cluster` may stand beside it",
                 ));
             }
-            let list: Vec<NamedPolicy> = from_value(list, "policies")?;
+            let list: Vec<NamedPolicy> = from_text(raw(list), "policies")?;
             let mut seen = std::collections::BTreeSet::new();
             for (i, p) in list.iter().enumerate() {
                 if !seen.insert(p.name.as_str()) {
@@ -59,9 +67,19 @@ impl PluginConfig {
             }
             list
         } else {
+            // The spec is the object without `cluster`.
+            let mut spec = Vec::with_capacity(bytes.len());
+            spec.push(b'{');
+            for m in members.iter().filter(|m| m.key != "cluster") {
+                if spec.len() > 1 {
+                    spec.push(b',');
+                }
+                spec.extend_from_slice(&bytes[m.span.clone()]);
+            }
+            spec.push(b'}');
             vec![NamedPolicy {
                 name: "policy".into(),
-                spec: from_value(Value::Object(map), "spec")?,
+                spec: from_text(&spec, "spec")?,
             }]
         };
         Ok(PluginConfig { cluster, policies })
@@ -87,11 +105,17 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let text = serde_json::to_vec(&v)
         .map_err(|e| ConfigError::one(prefix, format!("cannot be re-encoded: {e}")))?;
-    serde_json::from_slice(&text).map_err(|e| {
-        // serde_json's column is 1-based and names the last character read: as a 0-based offset it is the
-        // first character not yet read.
-        let offset = e.column();
-        let inner = crate::json_path::path_at(&text, offset);
+    from_text(&text, prefix)
+}
+
+/// Deserializes JSON text, naming the failing field (under `prefix`) from the error's position.
+pub fn from_text<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    serde_json::from_slice(text).map_err(|e| {
+        let offset = crate::json_path::offset_of(text, e.line(), e.column());
+        let inner = crate::json_path::path_at(text, offset);
         let path = if inner.is_empty() {
             prefix.to_string()
         } else if prefix.is_empty() {
@@ -233,6 +257,54 @@ mod tests {
                 old(c.clone()).replace(".:", ":"),
                 "{c}"
             );
+        }
+    }
+
+    #[test]
+    fn from_json_names_fields_in_pretty_printed_text_of_either_form() {
+        use super::PluginConfig;
+        let err = |v: serde_json::Value| match PluginConfig::from_json(
+            serde_json::to_string_pretty(&v)
+                .unwrap_or_default()
+                .as_bytes(),
+        ) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.errors[0].to_string(),
+        };
+        let single = json!({"cluster": "c1", "hosts": ["h"], "http": [
+            {"name": "a", "route": [{"destination": {"host": "x"}}]},
+            {"name": "b", "route": [{"destination": {"host": "y"}, "weight": "ten"}]}]});
+        assert!(
+            err(single.clone()).starts_with("spec.http[1].route[0].weight: invalid type: string"),
+            "{}",
+            err(single)
+        );
+        let list = json!({"policies": [
+            {"name": "a", "spec": {"hosts": ["a"]}},
+            {"name": "b", "spec": {"hosts": [7]}}], "cluster": "c1"});
+        assert!(
+            err(list.clone()).starts_with("policies[1].spec.hosts[0]: invalid type: integer"),
+            "{}",
+            err(list)
+        );
+        assert_eq!(
+            err(json!({"policies": [], "hosts": []})),
+            "hosts: with `policies`, put each spec under policies[i].spec; only `cluster` may stand beside it"
+        );
+        assert_eq!(
+            err(json!({"cluster": 3, "hosts": []})),
+            "cluster: must be a non-empty string"
+        );
+        assert!(err(json!([1])).starts_with("pluginConfig: must be a JSON object"));
+        let ok = PluginConfig::from_json(br#" { "hosts" : ["h"] , "cluster":"c9", "http": [ ] } "#);
+        let ok = ok.unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(ok.cluster.as_deref(), Some("c9"));
+        assert_eq!(ok.policies[0].spec.hosts, ["h"]);
+        match PluginConfig::from_json(b"{\"hosts\": [") {
+            Err(e) => assert!(e.errors[0]
+                .to_string()
+                .starts_with("pluginConfig: not valid JSON")),
+            Ok(_) => unreachable!(),
         }
     }
 }

@@ -406,7 +406,7 @@ impl Engine {
             let opt = |sm: &Option<StringMatch>, ic: bool| {
                 sm.as_ref().map(|s| Matcher::compile(s, ic)).transpose()
             };
-            let list = |map: &std::collections::BTreeMap<String, StringMatch>| {
+            let list = |map: &crate::field_map::FieldMap<StringMatch>| {
                 map.iter()
                     .map(|(k, v)| Ok((k.as_bytes().into(), Matcher::compile(v, false)?)))
                     .collect::<Result<Vec<_>, String>>()

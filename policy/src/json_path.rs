@@ -73,6 +73,104 @@ pub fn path_at(text: &[u8], offset: usize) -> String {
     out
 }
 
+/// The 0-based byte offset of serde_json's 1-based `line` and `column` in `text` (column names the last
+/// character read, so this is the first character not yet read).
+pub fn offset_of(text: &[u8], line: usize, column: usize) -> usize {
+    let mut start = 0;
+    for _ in 1..line {
+        match text[start..].iter().position(|b| *b == b'\n') {
+            Some(p) => start += p + 1,
+            None => return text.len(),
+        }
+    }
+    (start + column).min(text.len())
+}
+
+/// One member of a top-level JSON object.
+#[derive(Debug)]
+pub struct Member {
+    pub key: String,
+    /// The whole member, `"key": value`.
+    pub span: std::ops::Range<usize>,
+    /// The value alone.
+    pub value: std::ops::Range<usize>,
+}
+
+/// The members of the object `text` holds (valid JSON, checked beforehand); `None` when it is not an
+/// object.
+pub fn object_members(text: &[u8]) -> Option<Vec<Member>> {
+    let ws = |mut i: usize| {
+        while matches!(text.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if text.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut out = Vec::new();
+    i = ws(i + 1);
+    if text.get(i) == Some(&b'}') {
+        return Some(out);
+    }
+    loop {
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i;
+        let (key, next) = read_string(text, i + 1);
+        i = ws(next);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        let vstart = ws(i + 1);
+        let vend = skip_value(text, vstart);
+        out.push(Member {
+            key,
+            span: start..vend,
+            value: vstart..vend,
+        });
+        i = ws(vend);
+        match text.get(i) {
+            Some(b',') => i = ws(i + 1),
+            Some(b'}') => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// The offset just after the JSON value starting at `i`.
+fn skip_value(text: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                i = read_string(text, i + 1).1;
+                if depth == 0 {
+                    return i;
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                if depth == 0 {
+                    return i;
+                }
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            b',' if depth == 0 => return i,
+            b' ' | b'\t' | b'\n' | b'\r' if depth == 0 => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
 /// Reads a JSON string whose opening quote is just before `start`: its (unescaped enough for a field
 /// name) content and the offset after the closing quote.
 fn read_string(text: &[u8], start: usize) -> (String, usize) {
@@ -131,6 +229,41 @@ mod tests {
         let t = r#"{"a\"{[":{"k,":"v]}\\","b":[1,2,{"c":0}]}}"#;
         assert_eq!(at(t, "0}"), "a\"{[.b[2].c");
         assert_eq!(at(t, "2,"), "a\"{[.b[1]");
+    }
+
+    #[test]
+    fn members_of_an_object() {
+        let t = br#" { "cluster" : "c1", "http": [{"a": "}"}], "n": -1.5e3 ,"t":true} "#;
+        let m = super::object_members(t).unwrap_or_default();
+        let shown: Vec<(String, String)> = m
+            .iter()
+            .map(|m| {
+                (
+                    m.key.clone(),
+                    String::from_utf8_lossy(&t[m.value.clone()]).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("cluster".to_string(), "\"c1\"".to_string()),
+                ("http".to_string(), r#"[{"a": "}"}]"#.to_string()),
+                ("n".to_string(), "-1.5e3".to_string()),
+                ("t".to_string(), "true".to_string()),
+            ]
+        );
+        assert_eq!(&t[m[1].span.clone()], br#""http": [{"a": "}"}]"#);
+        assert!(super::object_members(b"[1]").is_none());
+        assert_eq!(super::object_members(b"{}").map(|m| m.len()), Some(0));
+    }
+
+    #[test]
+    fn line_and_column_to_offset() {
+        let t = b"{\n  \"a\": 1,\n  \"b\": x\n}";
+        assert_eq!(super::offset_of(t, 1, 1), 1);
+        assert_eq!(t[super::offset_of(t, 3, 7)], b'x');
+        assert_eq!(super::offset_of(t, 9, 1), t.len());
     }
 
     #[test]

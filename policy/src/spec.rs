@@ -3,9 +3,9 @@
 //! Field names follow Istio's VirtualService `HTTPRoute` so routes can be pasted from one. Everything marked
 //! "ksit extension" is ours. Unknown fields are rejected, so a typo names itself instead of being ignored.
 
+use crate::field_map::FieldMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// `spec` of a `ksit.io/v1alpha1` TrafficPolicy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -84,7 +84,7 @@ impl FailStrategy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
+    pub match_labels: FieldMap<String>,
 }
 
 /// A Gateway API style policy target (`kind: Gateway`, `kind: Service`, ...).
@@ -168,14 +168,14 @@ pub struct HttpMatchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<StringMatch>,
     /// Lower-case header names; an empty match (`{}`) only asks that the header be present.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "FieldMap::is_empty")]
+    pub headers: FieldMap<StringMatch>,
     /// The opposite of `headers`: matches when the header is absent or does not match.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "FieldMap::is_empty")]
+    pub without_headers: FieldMap<StringMatch>,
     /// Query parameters (raw, not percent-decoded); an empty match only asks that the parameter be present.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "FieldMap::is_empty")]
+    pub query_params: FieldMap<StringMatch>,
     /// Compare `uri` case-insensitively.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_uri_case: bool,
@@ -302,8 +302,8 @@ pub struct Fault {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultScope {
     /// Request headers that must all match.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "FieldMap::is_empty")]
+    pub headers: FieldMap<StringMatch>,
     /// Only when the chosen destination is one of these (`HOST` or `HOST|SUBSET`; `HOST` covers its subsets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<String>,
