@@ -196,7 +196,8 @@ fn read_string(text: &[u8], start: usize) -> (String, usize) {
             }
         }
     }
-    (String::from_utf8_lossy(&out).into_owned(), i)
+    // Unterminated (or ending in a lone backslash): the end of the text, never beyond it.
+    (String::from_utf8_lossy(&out).into_owned(), text.len())
 }
 
 #[cfg(test)]
@@ -264,6 +265,15 @@ mod tests {
         assert_eq!(super::offset_of(t, 1, 1), 1);
         assert_eq!(t[super::offset_of(t, 3, 7)], b'x');
         assert_eq!(super::offset_of(t, 9, 1), t.len());
+    }
+
+    #[test]
+    fn truncated_text_never_reads_past_its_end() {
+        for t in [&b"{\"a\": \"x\\"[..], b"{\"a", b"{\"a\": [", b"{", b"\"\\"] {
+            let _ = super::object_members(t);
+            let _ = super::path_at(t, t.len());
+            assert!(super::skip_value(t, 0) <= t.len());
+        }
     }
 
     #[test]
