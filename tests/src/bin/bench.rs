@@ -38,6 +38,22 @@ fn out_dir() -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
+/// A spawned process that is killed and reaped when dropped, so a failed run (`?`) leaves nothing behind.
+struct Reaped(std::process::Child);
+
+impl Reaped {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -300,22 +316,24 @@ async fn filter() -> anyhow::Result<()> {
     let cfg = dir.join("envoy-bench.json");
     std::fs::write(&cfg, bootstrap.to_string())?;
     let envoy_bin = ksit_tests::envoy::envoy_binary("1.40.0")?;
-    let mut envoy = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(envoy_bin)
-        .args([
-            "-c",
-            &cfg.to_string_lossy(),
-            "--concurrency",
-            "1",
-            "-l",
-            "error",
-            "--use-dynamic-base-id",
-            "--disable-hot-restart",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let envoy = Reaped(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(envoy_bin)
+            .args([
+                "-c",
+                &cfg.to_string_lossy(),
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+                "--use-dynamic-base-id",
+                "--disable-hot-restart",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let ready = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", ports[ports.len() - 1]))
         .await
@@ -365,8 +383,7 @@ async fn filter() -> anyhow::Result<()> {
     let rss_full = proc_status_mb(envoy.id(), "VmRSS:");
     // Growth under load: every VM served requests in every round, so a leak in the filter shows here.
     let load_minutes = load_started.elapsed().as_secs_f64() / 60.0;
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    drop(envoy);
     let base_ports = [free_port()?, free_port()?];
     let base = json!({
     "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": base_ports[1]}}},
@@ -375,22 +392,24 @@ async fn filter() -> anyhow::Result<()> {
     ]}});
     let base_cfg = dir.join("envoy-bench-baseline.json");
     std::fs::write(&base_cfg, base.to_string())?;
-    let mut baseline = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(ksit_tests::envoy::envoy_binary("1.40.0")?)
-        .args([
-            "-c",
-            &base_cfg.to_string_lossy(),
-            "--concurrency",
-            "1",
-            "-l",
-            "error",
-            "--use-dynamic-base-id",
-            "--disable-hot-restart",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let baseline = Reaped(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(ksit_tests::envoy::envoy_binary("1.40.0")?)
+            .args([
+                "-c",
+                &base_cfg.to_string_lossy(),
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+                "--use-dynamic-base-id",
+                "--disable-hot-restart",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let ready = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", base_ports[0]))
         .await
@@ -404,8 +423,7 @@ async fn filter() -> anyhow::Result<()> {
     }
     wrk(base_ports[0], 1)?;
     let rss_base = proc_status_mb(baseline.id(), "VmRSS:");
-    let _ = baseline.kill();
-    let _ = baseline.wait();
+    drop(baseline);
     let mb_per_vm = (rss_full - rss_base) / vms;
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
         let mut x: Vec<f64> = v.iter().map(f).collect();
@@ -606,25 +624,27 @@ async fn controller() -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         hub.write_kubeconfig(&dir.join("hub.kubeconfig"))?;
         let port = free_port()?;
-        let mut child = Command::new(&ksit)
-            .args(["controller", "--kubeconfig"])
-            .arg(dir.join("hub.kubeconfig"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--module"])
-            .arg(&module)
-            .args([
-                "--target-namespace",
-                "ksit-system",
-                "--resync-seconds",
-                "6",
-                "--lease-seconds",
-                "5",
-                "--identity",
-                "bench",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let child = Reaped(
+            Command::new(&ksit)
+                .args(["controller", "--kubeconfig"])
+                .arg(dir.join("hub.kubeconfig"))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--module"])
+                .arg(&module)
+                .args([
+                    "--target-namespace",
+                    "ksit-system",
+                    "--resync-seconds",
+                    "6",
+                    "--lease-seconds",
+                    "5",
+                    "--identity",
+                    "bench",
+                ])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
         let weight = |m: &Emulator| {
             m.object(
                 "extensions.istio.io",
@@ -681,8 +701,7 @@ async fn controller() -> anyhow::Result<()> {
                     .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
             })
             .unwrap_or_default();
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(child);
         times.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
         println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads)", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
