@@ -478,6 +478,17 @@ impl Selected<'_> {
     fn bindings(&self) -> Vec<String> {
         self.bindings.iter().cloned().collect()
     }
+    /// Older first: creationTimestamp, then namespace/name (a tie within the same second).
+    fn age(
+        &self,
+    ) -> (
+        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+        String,
+        String,
+    ) {
+        let (ns, name) = policy_id(self.tp);
+        (self.tp.metadata.creation_timestamp.clone(), ns, name)
+    }
 }
 
 /// What one cluster's TrafficPolicies render to.
@@ -497,14 +508,12 @@ struct RenderedPolicies {
 fn render_policies(
     cluster: &str,
     selected: &BTreeMap<(String, String), Selected<'_>>,
+    invalid_ids: &BTreeSet<String>,
     settings: &RenderSettings,
 ) -> RenderedPolicies {
     let mut out = RenderedPolicies::default();
     let mut members: Vec<&Selected<'_>> = selected.values().collect();
-    members.sort_by_key(|m| {
-        let (ns, name) = policy_id(m.tp);
-        (m.tp.metadata.creation_timestamp.clone(), ns, name)
-    });
+    members.sort_by_key(|m| m.age());
     type GroupKey = (String, String, String, &'static str);
     let mut groups: BTreeMap<GroupKey, Vec<&Selected<'_>>> = BTreeMap::new();
     for m in members {
@@ -522,9 +531,12 @@ fn render_policies(
         let mut claimed: BTreeMap<String, String> = BTreeMap::new();
         let mut applied: Vec<&Selected<'_>> = Vec::new();
         let mut invalid: Vec<&Selected<'_>> = Vec::new();
+        // The set is in age order, so the first member kept (valid or not) is the oldest.
+        let mut oldest: Option<&Selected<'_>> = None;
         for m in group {
             let (ns, name) = policy_id(m.tp);
-            if !ksit_policy::validate_spec(&m.tp.spec.0, "spec").is_empty() {
+            if invalid_ids.contains(&m.id()) {
+                oldest.get_or_insert(m);
                 out.retain.push(ObjectKey {
                     kind: ResourceKind::virtual_service(),
                     namespace: Some(ns),
@@ -554,25 +566,11 @@ fn render_policies(
             for h in hosts {
                 claimed.insert(h, m.id());
             }
+            oldest.get_or_insert(m);
             applied.push(m);
         }
         // Named after the oldest member, so a policy joining or leaving the set does not rename it.
-        let oldest = match (applied.first(), invalid.first()) {
-            (Some(a), Some(i)) => {
-                let age = |m: &Selected<'_>| {
-                    let (ns, name) = policy_id(m.tp);
-                    (m.tp.metadata.creation_timestamp.clone(), ns, name)
-                };
-                if age(i) < age(a) {
-                    *i
-                } else {
-                    *a
-                }
-            }
-            (Some(a), None) => *a,
-            (None, Some(i)) => *i,
-            (None, None) => continue,
-        };
+        let Some(oldest) = oldest else { continue };
         let (ns, name) = policy_id(oldest.tp);
         let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
         for m in &applied {
@@ -896,8 +894,18 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
             }
         }
     }
+    // Validated once here, not per cluster.
+    let invalid_ids: BTreeSet<String> = hub
+        .traffic_policies
+        .iter()
+        .filter(|tp| !ksit_policy::validate_spec(&tp.spec.0, "spec").is_empty())
+        .map(|tp| {
+            let (ns, name) = policy_id(tp);
+            format!("{ns}/{name}")
+        })
+        .collect();
     for (cluster, policies) in &selected {
-        let r = render_policies(cluster, policies, settings);
+        let r = render_policies(cluster, policies, &invalid_ids, settings);
         for o in r.objects {
             add(&mut per, cluster, o);
         }

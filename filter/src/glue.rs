@@ -112,6 +112,8 @@ struct Root {
     shared: Option<Rc<Shared>>,
     config_errors: Option<u32>,
     due: Vec<Paused>,
+    /// When the counters are next handed to Envoy (the tick also runs every TICK_MS while delays are held).
+    next_flush_ms: u64,
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
@@ -229,8 +231,12 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        shared.metrics.flush();
         let now = host::now_ms();
+        // Within one fast tick of due, so a FLUSH_MS tick that fires a little early still flushes.
+        if now + u64::from(TICK_MS) >= self.next_flush_ms {
+            shared.metrics.flush();
+            self.next_flush_ms = now + u64::from(FLUSH_MS);
+        }
         self.due.clear();
         let empty = {
             let mut paused = shared.paused.borrow_mut();

@@ -2,9 +2,9 @@
 //! 503, so no request bypasses the policy; FAIL_OPEN skips the filter and the default route serves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ksit_tests::backend::start_all;
+use ksit_tests::backend::Backends;
 use ksit_tests::client::Client;
-use ksit_tests::envoy::{envoy_versions, Envoy, EnvoyConfig, FilterConfig, Upstream};
+use ksit_tests::envoy::{envoy_versions, Envoy, EnvoyConfig, FilterConfig};
 use std::path::PathBuf;
 
 const HOST: &str = "myapp.example.com";
@@ -19,7 +19,7 @@ fn trap_wasm() -> PathBuf {
     p
 }
 
-async fn start(version: &str, fail_open: bool) -> (Envoy, Vec<ksit_tests::backend::Backend>) {
+async fn start(version: &str, fail_open: bool) -> (Envoy, Backends) {
     start_with(version, fail_open, None).await
 }
 
@@ -27,8 +27,8 @@ async fn start_with(
     version: &str,
     fail_open: bool,
     failure_policy: Option<&str>,
-) -> (Envoy, Vec<ksit_tests::backend::Backend>) {
-    let backends = start_all(&[
+) -> (Envoy, Backends) {
+    let backends = Backends::start(&[
         "api-service-v1",
         "api-service-v2",
         "web-service",
@@ -36,14 +36,7 @@ async fn start_with(
     ])
     .await
     .unwrap();
-    let ups = backends
-        .iter()
-        .map(|b| Upstream {
-            destination: b.name.clone(),
-            addr: b.addr,
-        })
-        .collect();
-    let mut cfg = EnvoyConfig::new(version, ups);
+    let mut cfg = EnvoyConfig::new(version, backends.upstreams());
     cfg.default_destination = Some("stable-default".into());
     let mut f = FilterConfig::new(&ksit_tests::seed_spec().unwrap()).unwrap();
     f.wasm = trap_wasm();

@@ -4,9 +4,9 @@
 //! the same mix it must not move while many times more requests go through.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ksit_tests::backend::start_all;
+use ksit_tests::backend::Backends;
 use ksit_tests::client::{abandon, Client};
-use ksit_tests::envoy::{envoy_versions, prom_value, Envoy, EnvoyConfig, FilterConfig, Upstream};
+use ksit_tests::envoy::{envoy_versions, prom_value, Envoy, EnvoyConfig, FilterConfig};
 use serde_json::json;
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ async fn vm_memory(envoy: &Envoy) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_memory_does_not_grow_over_a_long_mixed_run() {
     for v in envoy_versions() {
-        let backends = start_all(&[
+        let backends = Backends::start(&[
             "api-service-v1",
             "api-service-v2",
             "web-service",
@@ -89,14 +89,7 @@ async fn vm_memory_does_not_grow_over_a_long_mixed_run() {
         ])
         .await
         .unwrap();
-        let ups = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
-        let mut cfg = EnvoyConfig::new(&v, ups);
+        let mut cfg = EnvoyConfig::new(&v, backends.upstreams());
         cfg.default_destination = Some("passthrough".into());
         let mut policy = ksit_tests::seed_spec().unwrap();
         policy["maxActiveFaults"] = json!(8);

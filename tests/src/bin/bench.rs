@@ -54,6 +54,41 @@ impl Drop for Reaped {
     }
 }
 
+/// Starts Envoy 1.40 pinned to CPU 0 with one worker on `config`, and waits until it listens on `port`.
+async fn start_pinned_envoy(config: &std::path::Path, port: u16) -> anyhow::Result<Reaped> {
+    let envoy = Reaped(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(ksit_tests::envoy::envoy_binary("1.40.0")?)
+            .args([
+                "-c",
+                &config.to_string_lossy(),
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+                "--use-dynamic-base-id",
+                "--disable-hot-restart",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let ready = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "Envoy ({}) did not start",
+            config.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(envoy)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -315,36 +350,7 @@ async fn filter() -> anyhow::Result<()> {
     let dir = out_dir()?;
     let cfg = dir.join("envoy-bench.json");
     std::fs::write(&cfg, bootstrap.to_string())?;
-    let envoy_bin = ksit_tests::envoy::envoy_binary("1.40.0")?;
-    let envoy = Reaped(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(envoy_bin)
-            .args([
-                "-c",
-                &cfg.to_string_lossy(),
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-                "--use-dynamic-base-id",
-                "--disable-hot-restart",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", ports[ports.len() - 1]))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "bench Envoy did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let envoy = start_pinned_envoy(&cfg, ports[ports.len() - 1]).await?;
     let (rounds, secs) = if quick() { (1, 3) } else { (5, 6) };
     let mut names = vec!["plain", "native", "ksit", "ksit1000", "ksit20", "ksit20x"];
     if stages.is_some() {
@@ -392,35 +398,7 @@ async fn filter() -> anyhow::Result<()> {
     ]}});
     let base_cfg = dir.join("envoy-bench-baseline.json");
     std::fs::write(&base_cfg, base.to_string())?;
-    let baseline = Reaped(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(ksit_tests::envoy::envoy_binary("1.40.0")?)
-            .args([
-                "-c",
-                &base_cfg.to_string_lossy(),
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-                "--use-dynamic-base-id",
-                "--disable-hot-restart",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", base_ports[0]))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "baseline Envoy did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let baseline = start_pinned_envoy(&base_cfg, base_ports[0]).await?;
     wrk(base_ports[0], 1)?;
     let rss_base = proc_status_mb(baseline.id(), "VmRSS:");
     drop(baseline);
