@@ -200,6 +200,18 @@ pub struct Note {
     pub message: String,
 }
 
+impl Note {
+    /// A note on TrafficPolicy `id` (`namespace/name`) in `cluster`.
+    fn on_policy(cluster: &str, id: &str, reason: &'static str, message: String) -> Note {
+        Note {
+            cluster: cluster.to_string(),
+            object: format!("TrafficPolicy {id}"),
+            reason,
+            message,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterDesired {
     pub objects: Vec<DesiredObject>,
@@ -553,14 +565,14 @@ fn render_policies(
                     .map(|h| h.to_ascii_lowercase())
                     .collect();
             if let Some((host, older)) = hosts.iter().find_map(|h| claimed.get(h).map(|o| (h, o))) {
-                out.notes.push(Note {
-                    cluster: cluster.to_string(),
-                    object: format!("TrafficPolicy {}", m.id()),
-                    reason: "HostConflict",
-                    message: format!(
+                out.notes.push(Note::on_policy(
+                    cluster,
+                    &m.id(),
+                    "HostConflict",
+                    format!(
                         "host {host} on the workloads its WasmPlugin in {plugin_ns} selects is already routed by the older TrafficPolicy {older}; only {older} applies there"
                     ),
-                });
+                ));
                 continue;
             }
             for h in hosts {
@@ -589,14 +601,14 @@ fn render_policies(
                 .collect::<Vec<_>>()
                 .join(", ");
             for m in &applied {
-                out.notes.push(Note {
-                    cluster: cluster.to_string(),
-                    object: format!("TrafficPolicy {}", m.id()),
-                    reason: "HeldByInvalidPolicy",
-                    message: format!(
+                out.notes.push(Note::on_policy(
+                    cluster,
+                    &m.id(),
+                    "HeldByInvalidPolicy",
+                    format!(
                         "WasmPlugin {plugin_ns}/{plugin_name}, which it shares with TrafficPolicy {culprits}, keeps its previous configuration until that spec is valid again"
                     ),
-                });
+                ));
             }
             continue;
         }
@@ -868,14 +880,14 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 });
                 if near_miss {
                     for c in &clusters {
-                        out.notes.push(Note {
-                            cluster: c.name.clone(),
-                            object: format!("TrafficPolicy {ns}/{name}"),
-                            reason: "NamespaceNotBound",
-                            message: format!(
+                        out.notes.push(Note::on_policy(
+                            &c.name,
+                            &format!("{ns}/{name}"),
+                            "NamespaceNotBound",
+                            format!(
                                 "its WasmPlugin must live in namespace {plugin_ns} (where the selected workloads run), which BindingPolicy {bname} does not bind; add {plugin_ns} to the clause's namespaces"
                             ),
-                        });
+                        ));
                     }
                 }
                 continue;
