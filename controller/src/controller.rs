@@ -133,16 +133,29 @@ pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
         ));
         // If this future is dropped (the process shutting down, or a test stopping it), the work stops too.
         let _stop_work = AbortOnDrop::handle(work.abort_handle());
-        // Renew until renewal fails; then stop every write at once.
+        // Renew every third of the Lease. A failed renewal is retried until two thirds of the Lease have
+        // passed since the last success (as client-go's renew deadline); then, or when another replica
+        // holds the Lease, every write stops at once, well before anyone else may take over.
+        let mut renewed = tokio::time::Instant::now();
+        let mut wait = lease_for / 3;
         loop {
-            tokio::time::sleep(lease_for / 3).await;
+            tokio::time::sleep(wait).await;
             if work.is_finished() {
                 break;
             }
             match elector.try_acquire().await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    renewed = tokio::time::Instant::now();
+                    wait = lease_for / 3;
+                    continue;
+                }
                 Ok(false) => log::warn!("{identity} lost the leader Lease"),
-                Err(e) => log::warn!("{identity} could not renew the leader Lease: {e}"),
+                Err(e) if renewed.elapsed() < lease_for * 2 / 3 => {
+                    log::warn!("{identity} could not renew the leader Lease, retrying: {e}");
+                    wait = lease_for / 12;
+                    continue;
+                }
+                Err(e) => log::warn!("{identity} could not renew the leader Lease in time: {e}"),
             }
             break;
         }

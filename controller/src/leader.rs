@@ -76,16 +76,12 @@ impl LeaderElector {
                 }
                 spec.renew_time = Some(MicroTime(now));
                 spec.lease_duration_seconds = Some(secs);
-                // replace() carries the resourceVersion: of two replicas racing, one gets a 409.
-                match self
-                    .api
+                // replace() carries the resourceVersion: of two replicas racing, one gets a 409. A 409 is
+                // an error, not a loss: the next try re-reads the Lease and sees who holds it.
+                self.api
                     .replace(&self.name, &PostParams::default(), &lease)
                     .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                    Err(e) => Err(e),
-                }
+                    .map(|_| true)
             }
         }
     }

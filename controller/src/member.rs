@@ -366,8 +366,10 @@ impl Worker {
             // that means loading the system trust store: about 0.5 MB and some milliseconds per cluster.
             config.root_cert = Some(Vec::new());
         }
+        // Each call has its own deadline (`timed`). No read timeout on the connection: it would also count
+        // the time a pooled connection sat idle (a request on it then fails at once, as if the cluster were
+        // unreachable) and cut the drift watches whenever a cluster is quiet for that long.
         config.connect_timeout = Some(self.cfg.timeout);
-        config.read_timeout = Some(self.cfg.timeout);
         config.write_timeout = Some(self.cfg.timeout);
         let client = Client::try_from(config).map_err(|e| Error::Kubeconfig {
             cluster: cluster.clone(),
@@ -513,6 +515,7 @@ impl Worker {
         let client = match self.connect().await {
             Ok(c) => c,
             Err(e) => {
+                log::warn!("{}: {e}", self.cfg.cluster);
                 self.count_error(&e);
                 report.error = Some(e.to_string());
                 return report;
@@ -521,6 +524,7 @@ impl Worker {
         match self.apply_all(&client, plan, &mut report).await {
             Ok(()) => report.reachable = true,
             Err(e) => {
+                log::warn!("{}: {e}", self.cfg.cluster);
                 self.count_error(&e);
                 // A connection failure invalidates the cached client so the Secret is read again next time.
                 self.client = None;

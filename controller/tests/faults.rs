@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 /// Every log line the controller writes in this test binary, to check no Secret content is ever logged.
@@ -44,6 +45,30 @@ fn assert_no_secrets_logged() {
     }
 }
 
+/// Prints what a wait last saw when the wait panics.
+struct ShowOnPanic<'a>(&'static str, &'a std::cell::RefCell<Option<Value>>);
+
+impl Drop for ShowOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}: {:?}", self.0, self.1.borrow());
+            if let Ok(l) = LOGS.lock() {
+                for line in l
+                    .iter()
+                    .filter(|l| l.contains("cluster2"))
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    eprintln!("LOG {line}");
+                }
+            }
+        }
+    }
+}
+
 fn it_status(hub: &Emulator, cluster: &str) -> Option<Value> {
     hub.object(
         "ksit.io",
@@ -52,6 +77,25 @@ fn it_status(hub: &Emulator, cluster: &str) -> Option<Value> {
         cluster,
     )
     .and_then(|t| t.get("status").cloned())
+}
+
+/// The resources (plural names) of the objects ksit owns on a member.
+fn owned_kinds(m: &Emulator) -> BTreeSet<String> {
+    let mut kinds = BTreeSet::new();
+    for (group, plural) in [
+        ("extensions.istio.io", "wasmplugins"),
+        ("networking.istio.io", "virtualservices"),
+        ("networking.istio.io", "gateways"),
+        ("networking.istio.io", "destinationrules"),
+        ("networking.istio.io", "serviceentries"),
+    ] {
+        if m.objects(group, plural).iter().any(|o| {
+            o.pointer("/metadata/labels/app.kubernetes.io~1managed-by") == Some(&json!("ksit"))
+        }) {
+            kinds.insert(plural.to_string());
+        }
+    }
+    kinds
 }
 
 fn owned_counts(m: &Emulator) -> (usize, usize) {
@@ -130,16 +174,22 @@ async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts
         || canary_weight(c1) == Some(25),
     )
     .await;
+    let last = std::cell::RefCell::new(None);
+    let shown = ShowOnPanic("cluster2's last status", &last);
     wait_for(
         "cluster2 reported as timing out",
         Duration::from_secs(20),
         || {
-            it_status(&s.hub, "cluster2").is_some_and(|st| {
+            let st = it_status(&s.hub, "cluster2");
+            let timing_out = st.as_ref().is_some_and(|st| {
                 st["ready"] == false && st["conditions"][0]["reason"] == "Timeout"
-            })
+            });
+            *last.borrow_mut() = st;
+            timing_out
         },
     )
     .await;
+    drop(shown);
     assert_ne!(
         canary_weight(c2),
         Some(25),
@@ -252,15 +302,41 @@ async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() 
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The drift watches cover exactly the kinds ksit sends (both members get the same plan; on cluster2
+    // the DestinationRule belongs to someone else, but ksit wants one there, so it watches the kind).
+    let sent = owned_kinds(c1);
+    assert!(sent.contains("destinationrules"), "{sent:?}");
+    for m in [c1, c2] {
+        let watched: BTreeSet<String> = m
+            .request_log()
+            .iter()
+            .filter(|r| r.verb == "watch")
+            .map(|r| r.resource.clone())
+            .collect();
+        assert_eq!(watched, sent, "{}: watched kinds", m.name());
+    }
     for m in [c1, c2] {
         m.reset_stats();
     }
-    tokio::time::sleep(Duration::from_secs(5)).await; // a resync
+    // Idle for longer than the member timeout (2 s) and past a resync (3 s): nothing is written, and the
+    // watches stay open (no new watch, no list of a watched kind): the resync works from the watched state
+    // (it lists only the kinds it does not watch, to prune leftovers, and the Istio deployments).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     for m in [c1, c2] {
         assert_eq!(
             m.stats().writes,
             0,
             "{}: spurious writes after converging",
+            m.name()
+        );
+        let reopened: Vec<_> = m
+            .request_log()
+            .into_iter()
+            .filter(|r| r.verb == "watch" || (r.verb == "list" && sent.contains(&r.resource)))
+            .collect();
+        assert!(
+            reopened.is_empty(),
+            "{}: watches re-opened or lists while idle: {reopened:?}",
             m.name()
         );
         assert_eq!(owned_counts(m), (1, 2), "{}: duplicates", m.name());
