@@ -26,22 +26,56 @@ impl PluginConfig {
     /// Parses either form:
     /// - `{ "cluster": "c1", "hosts": [...], "http": [...] }`: one spec, named `policy`;
     /// - `{ "cluster": "c1", "policies": [{"name": "ns/a", "spec": {...}}, ...] }`.
+    ///
+    /// Read by hand (`json.rs`, `spec_json.rs`), with the verdicts, values, field paths and messages of
+    /// [`PluginConfig::from_json_serde`], so the filter links no serde_json deserializer.
     pub fn from_json(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-        // Read straight from the text (no `serde_json::Value` in between: smaller module, no copy).
+        crate::json::check(bytes)
+            .map_err(|e| ConfigError::one("pluginConfig", format!("not valid JSON: {e}")))?;
+        Self::from_members(
+            bytes,
+            |t| read_text(t, "policies"),
+            |t| read_text(t, "spec"),
+            |raw| crate::json::read_value(raw).ok(),
+        )
+    }
+
+    /// [`PluginConfig::from_json`] with serde_json and the serde-derived readers (what the filter used
+    /// before; kept to check the hand-written reader against, see `tests/json_reader.rs` and the fuzz
+    /// target).
+    #[doc(hidden)]
+    pub fn from_json_serde(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
             .map_err(|e| ConfigError::one("pluginConfig", format!("not valid JSON: {e}")))?;
+        Self::from_members(
+            bytes,
+            |t| from_text(t, "policies"),
+            |t| from_text(t, "spec"),
+            |raw| serde_json::from_slice(raw).ok(),
+        )
+    }
+
+    /// Both forms, from JSON text already checked: `policies` reads the `policies` list, `spec` the
+    /// single spec (naming fields under `policies` and `spec`), `cluster` the `cluster` member (`None`
+    /// when it is not a string or null).
+    fn from_members(
+        bytes: &[u8],
+        policies: fn(&[u8]) -> Result<Vec<NamedPolicy>, ConfigError>,
+        spec: fn(&[u8]) -> Result<TrafficPolicySpec, ConfigError>,
+        cluster: fn(&[u8]) -> Option<Option<String>>,
+    ) -> Result<PluginConfig, ConfigError> {
         let Some(members) = crate::json_path::object_members(bytes) else {
             return Err(ConfigError::one(
                 "pluginConfig",
                 "must be a JSON object (a TrafficPolicy spec)",
             ));
         };
-        let raw = |m: &crate::json_path::Member| &bytes[m.value.clone()];
+        let raw = |m: &crate::json_path::Member| bytes.get(m.value.clone()).unwrap_or_default();
         let cluster = match members.iter().find(|m| m.key == "cluster") {
             None => None,
-            Some(m) => match serde_json::from_slice::<Option<String>>(raw(m)) {
-                Ok(None) => None,
-                Ok(Some(s)) if !s.is_empty() => Some(s),
+            Some(m) => match cluster(raw(m)) {
+                Some(None) => None,
+                Some(Some(s)) if !s.is_empty() => Some(s),
                 _ => return Err(ConfigError::one("cluster", "must be a non-empty string")),
             },
         };
@@ -55,7 +89,7 @@ impl PluginConfig {
                     "with `policies`, put each spec under policies[i].spec; only `cluster` may stand beside it",
                 ));
             }
-            let list: Vec<NamedPolicy> = from_text(raw(list), "policies")?;
+            let list = policies(raw(list))?;
             let mut seen = std::collections::BTreeSet::new();
             for (i, p) in list.iter().enumerate() {
                 if !seen.insert(p.name.as_str()) {
@@ -68,18 +102,18 @@ impl PluginConfig {
             list
         } else {
             // The spec is the object without `cluster`.
-            let mut spec = Vec::with_capacity(bytes.len());
-            spec.push(b'{');
+            let mut text = Vec::with_capacity(bytes.len());
+            text.push(b'{');
             for m in members.iter().filter(|m| m.key != "cluster") {
-                if spec.len() > 1 {
-                    spec.push(b',');
+                if text.len() > 1 {
+                    text.push(b',');
                 }
-                spec.extend_from_slice(&bytes[m.span.clone()]);
+                text.extend_from_slice(bytes.get(m.span.clone()).unwrap_or_default());
             }
-            spec.push(b'}');
+            text.push(b'}');
             vec![NamedPolicy {
                 name: "policy".into(),
-                spec: from_text(&spec, "spec")?,
+                spec: spec(&text)?,
             }]
         };
         Ok(PluginConfig { cluster, policies })
@@ -115,23 +149,33 @@ pub fn from_text<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     serde_json::from_slice(text).map_err(|e| {
         let offset = crate::json_path::offset_of(text, e.line(), e.column());
-        let inner = crate::json_path::path_at(text, offset);
-        let path = if inner.is_empty() {
-            prefix.to_string()
-        } else if prefix.is_empty() {
-            inner
-        } else if inner.starts_with('[') {
-            format!("{prefix}{inner}")
-        } else {
-            format!("{prefix}.{inner}")
-        };
         let full = e.to_string();
         let suffix = format!(" at line {} column {}", e.line(), e.column());
         let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
-        ConfigError {
-            errors: vec![FieldError::new(path, message)],
-        }
+        error_at(text, offset, prefix, message)
     })
+}
+
+/// [`from_text`] with the hand-written reader (JSON text already checked by `json::check`).
+pub fn read_text<T: crate::json::ReadJson>(text: &[u8], prefix: &str) -> Result<T, ConfigError> {
+    crate::json::read_value(text).map_err(|e| error_at(text, e.at, prefix, e.message))
+}
+
+/// The error about the field at byte `offset` of `text`, named under `prefix`.
+fn error_at(text: &[u8], offset: usize, prefix: &str, message: String) -> ConfigError {
+    let inner = crate::json_path::path_at(text, offset);
+    let path = if inner.is_empty() {
+        prefix.to_string()
+    } else if prefix.is_empty() {
+        inner
+    } else if inner.starts_with('[') {
+        format!("{prefix}{inner}")
+    } else {
+        format!("{prefix}.{inner}")
+    };
+    ConfigError {
+        errors: vec![FieldError::new(path, message)],
+    }
 }
 
 #[cfg(test)]

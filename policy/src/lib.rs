@@ -9,9 +9,11 @@ pub mod error;
 pub mod field_map;
 pub mod hash;
 pub mod index;
+pub mod json;
 pub mod json_path;
 pub mod request;
 pub mod spec;
+mod spec_json;
 pub mod validate;
 
 pub use config::{NamedPolicy, PluginConfig};
