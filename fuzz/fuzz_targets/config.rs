@@ -1,10 +1,31 @@
 //! Any bytes as a pluginConfig: parse, validate and compile must return Ok or field-path errors, never
-//! panic; a config that compiles must decide a request.
+//! panic; a config that compiles must decide a request. The filter's hand-written reader must agree with
+//! serde_json and the serde-derived readers (`from_json_serde`): accepted by both or neither, the same
+//! values, the same first error's path and message (a misplaced float may be written differently).
 #![no_main]
 
+use ksit_policy::config::PluginConfig;
 use libfuzzer_sys::fuzz_target;
 
+fn normalize(message: &str) -> String {
+    match message.split_once("floating point `") {
+        Some((head, tail)) => match tail.split_once('`') {
+            Some((_, rest)) => format!("{head}floating point `F`{rest}"),
+            None => message.to_string(),
+        },
+        None => message.to_string(),
+    }
+}
+
+fn outcome(r: Result<PluginConfig, ksit_policy::ConfigError>) -> Result<String, Vec<(String, String)>> {
+    r.map(|c| format!("{c:?}"))
+        .map_err(|e| e.errors.iter().map(|f| (f.path.clone(), normalize(&f.message))).collect())
+}
+
 fuzz_target!(|data: &[u8]| {
+    let ours = outcome(PluginConfig::from_json(data));
+    let theirs = outcome(PluginConfig::from_json_serde(data));
+    assert_eq!(ours, theirs, "hand reader and serde disagree");
     match ksit_policy::Engine::from_json(data, Some("cluster1")) {
         Ok(engine) => {
             let h: Vec<(&[u8], &[u8])> = vec![(b":path", b"/api/x?u=1"), (b":authority", b"myapp.example.com"), (b"x-request-id", b"r")];
