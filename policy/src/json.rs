@@ -662,7 +662,7 @@ impl<'a> Reader<'a> {
     }
 
     /// serde_json's `has_next_element`: whether a sequence has another element.
-    pub fn next_element(&mut self, first: &mut bool) -> Result<bool, JsonError> {
+    fn next_element(&mut self, first: &mut bool) -> Result<bool, JsonError> {
         match self.ws() {
             None => Err(self.peek_error(EOF_LIST)),
             Some(b']') => Ok(false),
@@ -683,7 +683,7 @@ impl<'a> Reader<'a> {
     }
 
     /// serde_json's `end_seq`, once a sequence's reader wants no more elements.
-    pub fn end_seq(&mut self) -> Result<(), JsonError> {
+    fn end_seq(&mut self) -> Result<(), JsonError> {
         match self.ws() {
             Some(b']') => {
                 self.eat();
@@ -703,7 +703,7 @@ impl<'a> Reader<'a> {
 
     /// serde_json's `has_next_key` and the key: the key and the offset just after it, or `None` at the
     /// closing brace (not consumed).
-    pub fn next_key(&mut self, first: &mut bool) -> Result<Option<(String, usize)>, JsonError> {
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<(String, usize)>, JsonError> {
         match self.ws() {
             None => return Err(self.peek_error(EOF_OBJECT)),
             Some(b'}') => return Ok(None),
@@ -730,7 +730,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The `:` between a key and its value.
-    pub fn colon(&mut self) -> Result<(), JsonError> {
+    fn colon(&mut self) -> Result<(), JsonError> {
         match self.ws() {
             Some(b':') => {
                 self.eat();
