@@ -6,6 +6,7 @@ use crate::resources::{BindingPolicy, DownsyncClause, TrafficPolicy};
 use ksit_policy::TrafficPolicySpec;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "ksit";
@@ -214,7 +215,8 @@ impl Note {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterDesired {
-    pub objects: Vec<DesiredObject>,
+    /// Shared between clusters where they are the same (a hub object sent to a hundred clusters is held once).
+    pub objects: Vec<Arc<DesiredObject>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -753,26 +755,32 @@ pub fn render_virtual_service(
 /// Computes every cluster's desired objects.
 pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
     let mut out = Desired::default();
-    // cluster -> object key -> (object, bindings)
-    let mut per: BTreeMap<String, BTreeMap<ObjectKey, DesiredObject>> = BTreeMap::new();
+    // cluster -> object key -> (object, bindings); one object sent to many clusters is shared until a
+    // cluster's copy has to differ (another binding sends it there too).
+    let mut per: BTreeMap<String, BTreeMap<ObjectKey, Arc<DesiredObject>>> = BTreeMap::new();
     for c in &hub.clusters {
         per.entry(c.name.clone()).or_default();
     }
     // Adds an object (with the bindings that send it) to a cluster, merging with one already there.
-    let add = |per: &mut BTreeMap<String, BTreeMap<ObjectKey, DesiredObject>>,
+    let add = |per: &mut BTreeMap<String, BTreeMap<ObjectKey, Arc<DesiredObject>>>,
                cluster: &str,
-               obj: DesiredObject| {
+               obj: Arc<DesiredObject>| {
         let entry = per.entry(cluster.to_string()).or_default();
         match entry.get_mut(&obj.key()) {
             Some(existing) => {
-                for b in &obj.bindings {
-                    if !existing.bindings.contains(b) {
-                        existing.bindings.push(b.clone());
+                let create_only = existing.create_only && obj.create_only;
+                let new_bindings = obj.bindings.iter().any(|b| !existing.bindings.contains(b));
+                if new_bindings || create_only != existing.create_only {
+                    let e = Arc::make_mut(existing);
+                    for b in &obj.bindings {
+                        if !e.bindings.contains(b) {
+                            e.bindings.push(b.clone());
+                        }
                     }
+                    e.bindings.sort();
+                    // createOnly only when every binding asks for it.
+                    e.create_only = create_only;
                 }
-                existing.bindings.sort();
-                // createOnly only when every binding asks for it.
-                existing.create_only &= obj.create_only;
             }
             None => {
                 entry.insert(obj.key(), obj);
@@ -808,26 +816,29 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 )
             });
             let Some(clause) = clause else { continue };
+            if clusters.is_empty() {
+                continue;
+            }
+            let mut manifest = clean_copy(&o.object, &o.kind);
+            let source = match o.namespace() {
+                Some(ns) => format!("{} {ns}/{}", o.kind.kind, o.name()),
+                None => format!("{} {}", o.kind.kind, o.name()),
+            };
+            mark(&mut manifest, std::slice::from_ref(&bname), &source);
+            let obj = Arc::new(DesiredObject {
+                kind: o.kind.clone(),
+                namespace: o
+                    .namespace()
+                    .map(String::from)
+                    .filter(|_| o.kind.namespaced),
+                name: o.name().to_string(),
+                bindings: vec![bname.clone()],
+                create_only: clause.create_only,
+                traffic_policies: Vec::new(),
+                manifest,
+            });
             for c in &clusters {
-                let mut manifest = clean_copy(&o.object, &o.kind);
-                let source = match o.namespace() {
-                    Some(ns) => format!("{} {ns}/{}", o.kind.kind, o.name()),
-                    None => format!("{} {}", o.kind.kind, o.name()),
-                };
-                mark(&mut manifest, std::slice::from_ref(&bname), &source);
-                let obj = DesiredObject {
-                    kind: o.kind.clone(),
-                    namespace: o
-                        .namespace()
-                        .map(String::from)
-                        .filter(|_| o.kind.namespaced),
-                    name: o.name().to_string(),
-                    bindings: vec![bname.clone()],
-                    create_only: clause.create_only,
-                    traffic_policies: Vec::new(),
-                    manifest,
-                };
-                add(&mut per, &c.name, obj);
+                add(&mut per, &c.name, obj.clone());
             }
         }
         for tp in &hub.traffic_policies {
@@ -919,16 +930,29 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
     for (cluster, policies) in &selected {
         let r = render_policies(cluster, policies, &invalid_ids, settings);
         for o in r.objects {
-            add(&mut per, cluster, o);
+            add(&mut per, cluster, Arc::new(o));
         }
         out.notes.extend(r.notes);
         out.retain.extend(r.retain);
     }
-    for (cluster, objs) in per {
+    // Finishing touches (binding annotation, hash) once per shared object, and equal results shared across
+    // clusters. `per` lives until the end, so the addresses `finished` is keyed by stay unique.
+    let mut finished: BTreeMap<*const DesiredObject, Arc<DesiredObject>> = BTreeMap::new();
+    let mut pool: BTreeMap<ObjectKey, Vec<Arc<DesiredObject>>> = BTreeMap::new();
+    let mut share = |o: DesiredObject| -> Arc<DesiredObject> {
+        let same = pool.entry(o.key()).or_default();
+        if let Some(a) = same.iter().find(|a| ***a == o) {
+            return a.clone();
+        }
+        let a = Arc::new(o);
+        same.push(a.clone());
+        a
+    };
+    for (cluster, objs) in &per {
         // Every namespaced object's namespace is created first if missing (never updated, never pruned).
         let namespaces: BTreeSet<String> =
             objs.values().filter_map(|o| o.namespace.clone()).collect();
-        let mut list: Vec<DesiredObject> = Vec::new();
+        let mut list: Vec<Arc<DesiredObject>> = Vec::new();
         for ns in namespaces {
             let key = ObjectKey {
                 kind: ResourceKind::namespace_kind(),
@@ -948,7 +972,8 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
             let mut manifest =
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             mark(&mut manifest, &bindings, &format!("Namespace {ns}"));
-            list.push(DesiredObject {
+            stamp_hash(&mut manifest);
+            list.push(share(DesiredObject {
                 kind: ResourceKind::namespace_kind(),
                 namespace: None,
                 name: ns,
@@ -956,33 +981,32 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 create_only: true,
                 traffic_policies: Vec::new(),
                 manifest,
-            });
+            }));
         }
-        let rest: Vec<DesiredObject> = objs
-            .into_values()
-            .map(|mut o| {
-                if let Some(a) = o
-                    .manifest
-                    .pointer_mut("/metadata/annotations")
-                    .and_then(Value::as_object_mut)
-                {
-                    a.insert(BINDING_ANNOTATION.into(), json!(o.bindings.join(",")));
-                }
-                if o.kind.kind == "Namespace" {
-                    o.create_only = true;
-                }
-                o
-            })
-            .collect();
-        list.extend(rest);
+        for o in objs.values() {
+            if let Some(done) = finished.get(&Arc::as_ptr(o)) {
+                list.push(done.clone());
+                continue;
+            }
+            let mut f = DesiredObject::clone(o);
+            if let Some(a) = f
+                .manifest
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
+            {
+                a.insert(BINDING_ANNOTATION.into(), json!(f.bindings.join(",")));
+            }
+            if f.kind.kind == "Namespace" {
+                f.create_only = true;
+            }
+            stamp_hash(&mut f.manifest);
+            let f = share(f);
+            finished.insert(Arc::as_ptr(o), f.clone());
+            list.push(f);
+        }
         list.sort_by_key(|o| (o.kind.rank(), o.key()));
         out.clusters
-            .insert(cluster, ClusterDesired { objects: list });
-    }
-    for cd in out.clusters.values_mut() {
-        for o in &mut cd.objects {
-            stamp_hash(&mut o.manifest);
-        }
+            .insert(cluster.clone(), ClusterDesired { objects: list });
     }
     out.notes.sort();
     out.notes.dedup();
@@ -1006,7 +1030,7 @@ fn stamp_hash(manifest: &mut Value) {
 }
 
 /// Desired objects as multi-document YAML, in apply order (what `ksit render` writes).
-pub fn to_yaml(objects: &[DesiredObject]) -> String {
+pub fn to_yaml(objects: &[Arc<DesiredObject>]) -> String {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
@@ -1264,6 +1288,76 @@ mod tests {
         let wp = &d.clusters["c1"].objects[2];
         assert_eq!(wp.manifest["spec"]["url"], "oci://r/ksit:1");
         assert_eq!(wp.traffic_policies, [("default/app".to_string(), 3)]);
+    }
+
+    #[test]
+    fn what_is_the_same_on_every_cluster_is_held_once() {
+        let bp = |name: &str, selector: Value, create_only: bool| -> BindingPolicy {
+            serde_json::from_value(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy",
+                "metadata": {"name": name}, "spec": {"clusterSelectors": [{"matchLabels": selector}],
+                "downsync": [{"apiGroup": "networking.istio.io", "resources": ["destinationrules"], "namespaces": ["default"], "createOnly": create_only},
+                             {"apiGroup": "extensions.istio.io", "resources": ["wasmplugins"], "namespaces": ["default", "istio-system"]}]}}))
+            .unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let mut h = hub(&[]);
+        for c in &mut h.clusters {
+            c.labels = labels(&[("mesh", "enabled")]);
+        }
+        h.clusters.push(Cluster {
+            name: "c3".into(),
+            labels: labels(&[("mesh", "enabled"), ("edge", "yes")]),
+        });
+        h.bindings = vec![
+            bp("all", json!({"mesh": "enabled"}), false),
+            bp("edge", json!({"edge": "yes"}), true),
+        ];
+        h.objects = vec![HubObject {
+            kind: ResourceKind::new(
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+                true,
+            ),
+            object: json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "dr", "namespace": "default", "resourceVersion": "7"}, "spec": {"host": "x"}}),
+        }];
+        let d = compute(&h, &settings());
+        let find = |c: &str, key: &str| -> Arc<DesiredObject> {
+            d.clusters[c]
+                .objects
+                .iter()
+                .find(|o| o.key().to_string() == key)
+                .cloned()
+                .unwrap_or_else(|| unreachable!("{key} not sent to {c}"))
+        };
+        let dr = "DestinationRule default/dr";
+        // Sent the same way to c1 and c2: one object. c3 gets it through a second binding too: its own copy.
+        assert!(Arc::ptr_eq(&find("c1", dr), &find("c2", dr)));
+        assert!(!Arc::ptr_eq(&find("c1", dr), &find("c3", dr)));
+        assert_eq!(find("c1", dr).bindings, ["all"]);
+        assert_eq!(find("c3", dr).bindings, ["all", "edge"]);
+        assert_eq!(
+            find("c3", dr).manifest["metadata"]["annotations"][BINDING_ANNOTATION],
+            "all,edge"
+        );
+        assert!(Arc::ptr_eq(
+            &find("c1", "Namespace default"),
+            &find("c2", "Namespace default")
+        ));
+        // The WasmPlugin names its cluster: one per cluster.
+        let wp = "WasmPlugin istio-system/ksit-default-app";
+        assert!(!Arc::ptr_eq(&find("c1", wp), &find("c2", wp)));
+        assert_ne!(find("c1", wp).manifest, find("c2", wp).manifest);
+        // Held once, and as computed for each cluster alone.
+        let one = compute(
+            &Hub {
+                clusters: vec![h.clusters[2].clone()],
+                ..h.clone()
+            },
+            &settings(),
+        );
+        assert_eq!(one.clusters["c3"], d.clusters["c3"]);
     }
 
     fn policy(name: &str, created: &str, hosts: &[&str], fail: &str) -> TrafficPolicy {

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 /// What one cluster should hold.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterPlan {
-    pub objects: Vec<DesiredObject>,
+    pub objects: Vec<Arc<DesiredObject>>,
     /// Objects to leave as they are (their source is invalid right now): neither updated nor pruned.
     pub retain: BTreeSet<ObjectKey>,
     /// Kinds to look for stale ksit-managed objects in.
@@ -117,6 +117,17 @@ pub fn owned(live: &DynamicObject) -> bool {
             .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
     });
     labelled && managed
+}
+
+/// The object as the drift cache keeps it: managedFields without their field sets (often the larger part of
+/// an object; only the managers' names are read), so a hundred clusters' watched objects stay small.
+fn trimmed(mut o: DynamicObject) -> DynamicObject {
+    if let Some(m) = o.metadata.managed_fields.as_mut() {
+        for f in m {
+            f.fields_v1 = None;
+        }
+    }
+    o
 }
 
 fn managers(live: &DynamicObject) -> String {
@@ -457,7 +468,7 @@ impl Worker {
                                 (false, false)
                             }
                             Ok(Event::InitApply(o)) => {
-                                kind.objects.insert(key(&o), o);
+                                kind.objects.insert(key(&o), trimmed(o));
                                 (false, false)
                             }
                             Ok(Event::InitDone) => {
@@ -466,7 +477,7 @@ impl Worker {
                                 (false, false)
                             }
                             Ok(Event::Apply(o)) => {
-                                kind.objects.insert(key(&o), o);
+                                kind.objects.insert(key(&o), trimmed(o));
                                 (true, false)
                             }
                             Ok(Event::Delete(o)) => {
@@ -733,7 +744,7 @@ impl Worker {
         if let Ok(mut c) = self.cache.lock() {
             if let Some(kind) = c.get_mut(&(obj.kind.group.clone(), obj.kind.plural.clone())) {
                 kind.objects
-                    .insert((obj.namespace.clone(), obj.name.clone()), applied);
+                    .insert((obj.namespace.clone(), obj.name.clone()), trimmed(applied));
             }
         }
         report.writes += 1;
