@@ -61,6 +61,7 @@ pub struct ControllerArgs {
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    crate::memory::limit_arenas(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -211,6 +212,7 @@ async fn lead(
     server: Arc<ServerState>,
 ) -> anyhow::Result<()> {
     let (poke_tx, mut poke_rx) = mpsc::channel::<()>(1);
+    let mut trimmer = crate::memory::Trimmer::new(Duration::from_secs(1));
     let mut fixed = vec![
         poke_on_change(Api::<TrafficPolicy>::all(client.clone()), poke_tx.clone()),
         poke_on_change(
@@ -338,6 +340,7 @@ async fn lead(
             }
             _ = resync.tick() => hub_dirty = true,
         }
+        trimmer.maybe_trim();
     }
 }
 

@@ -935,9 +935,24 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
         out.notes.extend(r.notes);
         out.retain.extend(r.retain);
     }
-    // Finishing touches (binding annotation, hash) once per shared object, and equal results shared across
-    // clusters. `per` lives until the end, so the addresses `finished` is keyed by stay unique.
-    let mut finished: BTreeMap<*const DesiredObject, Arc<DesiredObject>> = BTreeMap::new();
+    // Finishing touches (binding annotation, hash): in place for an object only one cluster holds, once for
+    // one several hold (`finished` keeps the source alive, so the address it is keyed by stays its own), and
+    // equal results shared across clusters.
+    type Finished = BTreeMap<*const DesiredObject, (Arc<DesiredObject>, Arc<DesiredObject>)>;
+    let mut finished: Finished = BTreeMap::new();
+    let finish = |f: &mut DesiredObject| {
+        if let Some(a) = f
+            .manifest
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+        {
+            a.insert(BINDING_ANNOTATION.into(), json!(f.bindings.join(",")));
+        }
+        if f.kind.kind == "Namespace" {
+            f.create_only = true;
+        }
+        stamp_hash(&mut f.manifest);
+    };
     let mut pool: BTreeMap<ObjectKey, Vec<Arc<DesiredObject>>> = BTreeMap::new();
     let mut share = |o: DesiredObject| -> Arc<DesiredObject> {
         let same = pool.entry(o.key()).or_default();
@@ -948,7 +963,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
         same.push(a.clone());
         a
     };
-    for (cluster, objs) in &per {
+    for (cluster, objs) in per {
         // Every namespaced object's namespace is created first if missing (never updated, never pruned).
         let namespaces: BTreeSet<String> =
             objs.values().filter_map(|o| o.namespace.clone()).collect();
@@ -983,30 +998,29 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 manifest,
             }));
         }
-        for o in objs.values() {
-            if let Some(done) = finished.get(&Arc::as_ptr(o)) {
+        for o in objs.into_values() {
+            let ptr = Arc::as_ptr(&o);
+            if let Some((_, done)) = finished.get(&ptr) {
                 list.push(done.clone());
                 continue;
             }
-            let mut f = DesiredObject::clone(o);
-            if let Some(a) = f
-                .manifest
-                .pointer_mut("/metadata/annotations")
-                .and_then(Value::as_object_mut)
-            {
-                a.insert(BINDING_ANNOTATION.into(), json!(f.bindings.join(",")));
+            match Arc::try_unwrap(o) {
+                Ok(mut f) => {
+                    finish(&mut f);
+                    list.push(share(f));
+                }
+                Err(o) => {
+                    let mut f = DesiredObject::clone(&o);
+                    finish(&mut f);
+                    let f = share(f);
+                    finished.insert(ptr, (o, f.clone()));
+                    list.push(f);
+                }
             }
-            if f.kind.kind == "Namespace" {
-                f.create_only = true;
-            }
-            stamp_hash(&mut f.manifest);
-            let f = share(f);
-            finished.insert(Arc::as_ptr(o), f.clone());
-            list.push(f);
         }
         list.sort_by_key(|o| (o.kind.rank(), o.key()));
         out.clusters
-            .insert(cluster.clone(), ClusterDesired { objects: list });
+            .insert(cluster, ClusterDesired { objects: list });
     }
     out.notes.sort();
     out.notes.dedup();

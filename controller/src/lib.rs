@@ -13,6 +13,7 @@ pub mod hub;
 pub mod leader;
 pub mod manifests;
 pub mod member;
+pub mod memory;
 pub mod metrics;
 pub mod module;
 pub mod resources;
