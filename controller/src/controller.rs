@@ -203,6 +203,9 @@ where
     })
 }
 
+/// The shortest time between two status writes prompted by cluster reports.
+const STATUS_EVERY: Duration = Duration::from_millis(200);
+
 /// The leader's work: runs until aborted.
 async fn lead(
     client: Client,
@@ -253,6 +256,9 @@ async fn lead(
     let mut revision = 0u64;
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut hub_dirty = true;
+    // When status was last written, and when reports that changed it are next written.
+    let mut status_written = tokio::time::Instant::now();
+    let mut status_due: Option<tokio::time::Instant> = None;
     loop {
         if hub_dirty {
             hub_dirty = false;
@@ -317,7 +323,10 @@ async fn lead(
                 reports: &reports,
             };
             status.write_all(&view).await;
+            status_written = tokio::time::Instant::now();
+            status_due = None;
         }
+        let due = status_due;
         tokio::select! {
             Some(()) = poke_rx.recv() => {
                 // Coalesce a burst of hub events into one read.
@@ -333,10 +342,17 @@ async fn lead(
                     reports.insert(r.cluster.clone(), r);
                 }
                 metrics.clusters_ready.set(crate::status::ready_clusters(&reports, &plans) as i64);
-                if changed {
-                    let view = View { state: &state, desired: &want, plans: &plans, reports: &reports };
-                    status.write_all(&view).await;
+                if changed && status_due.is_none() {
+                    // Reports of one change trickle in from every cluster: status is written at most every
+                    // STATUS_EVERY meanwhile, not once per report.
+                    status_due = Some((status_written + STATUS_EVERY).max(tokio::time::Instant::now()));
                 }
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                let view = View { state: &state, desired: &want, plans: &plans, reports: &reports };
+                status.write_all(&view).await;
+                status_written = tokio::time::Instant::now();
+                status_due = None;
             }
             _ = resync.tick() => hub_dirty = true,
         }
