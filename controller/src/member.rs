@@ -119,8 +119,19 @@ pub fn owned(live: &DynamicObject) -> bool {
     labelled && managed
 }
 
-/// The object as the drift cache keeps it: managedFields without their field sets (often the larger part of
-/// an object; only the managers' names are read), so a hundred clusters' watched objects stay small.
+/// `resync` give or take a fifth, different for every cluster and round: workers that synced together (a
+/// change reaches every cluster at once) do not all resync, list and re-read their Secrets at the same
+/// moment again, which would delay a change that comes then.
+fn spread(resync: Duration, cluster: &str, round: u64) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (cluster, round).hash(&mut h);
+    let permille = h.finish() % 401; // 0..=400
+    resync * 4 / 5 + resync * (permille as u32) / 2000
+}
+
+/// managedFields without their field sets (often the larger part of an object; only the managers' names are
+/// read).
 fn trimmed(mut o: DynamicObject) -> DynamicObject {
     if let Some(m) = o.metadata.managed_fields.as_mut() {
         for f in m {
@@ -181,7 +192,24 @@ fn is_cluster_wide(e: &Error) -> bool {
 struct KindCache {
     /// The watch has listed everything and is following changes.
     ready: bool,
-    objects: BTreeMap<(Option<String>, String), DynamicObject>,
+    objects: BTreeMap<(Option<String>, String), Cached>,
+}
+
+/// A live object as the drift cache keeps it: its JSON text, without managedFields' field sets. A hundred
+/// clusters' objects as text take a fraction of their parsed trees; one is parsed only when compared.
+struct Cached(Box<str>);
+
+impl Cached {
+    fn new(o: DynamicObject) -> Self {
+        Cached(
+            serde_json::to_string(&trimmed(o))
+                .unwrap_or_default()
+                .into_boxed_str(),
+        )
+    }
+    fn object(&self) -> Option<DynamicObject> {
+        serde_json::from_str(&self.0).ok()
+    }
 }
 
 pub struct Worker {
@@ -193,7 +221,7 @@ pub struct Worker {
     /// Kinds known to exist in the cluster, per apiVersion.
     discovered: BTreeMap<String, Option<BTreeSet<String>>>,
     watched: BTreeSet<ResourceKind>,
-    watchers: Vec<tokio::task::JoinHandle<()>>,
+    watchers: BTreeMap<ResourceKind, tokio::task::JoinHandle<()>>,
     /// Kinds ksit may prune but has no objects of here (neither wanted nor left over at the last look):
     /// they are not watched and are looked at again only once per resync (a watch per kind per cluster
     /// would hold a connection each: ten kinds at a hundred clusters was most of the controller's memory).
@@ -216,7 +244,7 @@ impl Worker {
             client: None,
             discovered: BTreeMap::new(),
             watched: BTreeSet::new(),
-            watchers: vec![],
+            watchers: BTreeMap::new(),
             empty_kinds: BTreeSet::new(),
             full_scan: None,
             cache: Default::default(),
@@ -232,7 +260,9 @@ impl Worker {
         reports: mpsc::Sender<ClusterReport>,
     ) {
         let mut backoff = Duration::from_millis(500);
+        let mut round: u64 = 0;
         loop {
+            round += 1;
             let plan = plans.borrow_and_update().clone();
             let started = Instant::now();
             let report = self.reconcile(&plan).await;
@@ -261,7 +291,7 @@ impl Worker {
                 w
             } else {
                 backoff = Duration::from_millis(500);
-                self.cfg.resync
+                spread(self.cfg.resync, &self.cfg.cluster, round)
             };
             tokio::select! {
                 changed = plans.changed() => if changed.is_err() { break },
@@ -273,7 +303,7 @@ impl Worker {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        for w in self.watchers.drain(..) {
+        for w in self.watchers.values() {
             w.abort();
         }
     }
@@ -291,7 +321,8 @@ impl Worker {
 
     async fn connect(&mut self) -> Result<Client, Error> {
         if let (Some((_, c)), Some(at)) = (&self.client, self.secret_read) {
-            if at.elapsed() < self.cfg.resync {
+            // Re-read every resync (spread ±1/5: three quarters is the shortest wait between two).
+            if at.elapsed() < self.cfg.resync * 3 / 4 {
                 return Ok(c.clone());
             }
         }
@@ -389,7 +420,8 @@ impl Worker {
         self.client = Some((fingerprint, client.clone()));
         self.discovered.clear();
         self.empty_kinds.clear();
-        self.restart_watchers(&client, BTreeSet::new());
+        // Watches of the old connection end; the new one's start with the next pass.
+        self.watch_kinds(&client, BTreeSet::new());
         Ok(client)
     }
 
@@ -431,20 +463,37 @@ impl Worker {
         Ok(present)
     }
 
-    fn restart_watchers(&mut self, client: &Client, kinds: BTreeSet<ResourceKind>) {
-        for w in self.watchers.drain(..) {
-            w.abort();
-        }
-        if let Ok(mut c) = self.cache.lock() {
-            c.clear();
+    /// Watches exactly `kinds`: stops the watches of kinds no longer in it (and forgets what they saw),
+    /// starts the missing ones, leaves the others running.
+    fn watch_kinds(&mut self, client: &Client, kinds: BTreeSet<ResourceKind>) {
+        let gone: Vec<ResourceKind> = self
+            .watchers
+            .keys()
+            .filter(|k| !kinds.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(w) = self.watchers.remove(&k) {
+                w.abort();
+            }
+            if let Ok(mut c) = self.cache.lock() {
+                c.remove(&(k.group.clone(), k.plural.clone()));
+            }
         }
         self.watched = kinds.clone();
         for k in kinds {
+            if self.watchers.contains_key(&k) {
+                continue;
+            }
             let api = api_for(client, &k, None);
             let tx = self.drift_tx.clone();
             let cache = self.cache.clone();
             let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-            self.watchers.push(tokio::spawn(async move {
+            let kind_key = k.clone();
+            if let Ok(mut c) = self.cache.lock() {
+                c.remove(&(k.group.clone(), k.plural.clone()));
+            }
+            let task = tokio::spawn(async move {
                 use kube::runtime::watcher::Event;
                 let cfg = kube::runtime::watcher::Config::default().labels(&selector);
                 let mut stream = kube::runtime::watcher(api, cfg).boxed();
@@ -468,7 +517,7 @@ impl Worker {
                                 (false, false)
                             }
                             Ok(Event::InitApply(o)) => {
-                                kind.objects.insert(key(&o), trimmed(o));
+                                kind.objects.insert(key(&o), Cached::new(o));
                                 (false, false)
                             }
                             Ok(Event::InitDone) => {
@@ -477,7 +526,7 @@ impl Worker {
                                 (false, false)
                             }
                             Ok(Event::Apply(o)) => {
-                                kind.objects.insert(key(&o), trimmed(o));
+                                kind.objects.insert(key(&o), Cached::new(o));
                                 (true, false)
                             }
                             Ok(Event::Delete(o)) => {
@@ -497,7 +546,8 @@ impl Worker {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
-            }));
+            });
+            self.watchers.insert(kind_key, task);
         }
     }
 
@@ -510,7 +560,7 @@ impl Worker {
         }
         kind.objects
             .get(&(obj.namespace.clone(), obj.name.clone()))
-            .cloned()
+            .and_then(Cached::object)
     }
 
     async fn reconcile(&mut self, plan: &ClusterPlan) -> ClusterReport {
@@ -532,6 +582,17 @@ impl Worker {
                 return report;
             }
         };
+        if self.watched.is_empty() {
+            // A new connection: watch the kinds about to be sent right away, so their caches fill while this
+            // first pass applies (the pass itself settles which kinds stay watched).
+            let kinds = plan
+                .objects
+                .iter()
+                .map(|o| o.kind.clone())
+                .filter(|k| *k != ResourceKind::namespace_kind())
+                .collect();
+            self.watch_kinds(&client, kinds);
+        }
         match self.apply_all(&client, plan, &mut report).await {
             Ok(()) => report.reachable = true,
             Err(e) => {
@@ -591,7 +652,7 @@ impl Worker {
             .collect();
         let full_scan = self
             .full_scan
-            .is_none_or(|t| t.elapsed() >= self.cfg.resync);
+            .is_none_or(|t| t.elapsed() >= self.cfg.resync * 3 / 4);
         if full_scan {
             self.full_scan = Some(Instant::now());
         }
@@ -622,7 +683,7 @@ impl Worker {
             let seen: Option<Vec<DynamicObject>> = self.cache.lock().ok().and_then(|c| {
                 c.get(&(kind.group.clone(), kind.plural.clone()))
                     .filter(|k| k.ready)
-                    .map(|k| k.objects.values().cloned().collect())
+                    .map(|k| k.objects.values().filter_map(Cached::object).collect())
             });
             let items = match seen {
                 Some(items) => items,
@@ -688,7 +749,7 @@ impl Worker {
         }
         present_kinds.remove(&ResourceKind::namespace_kind());
         if present_kinds != self.watched {
-            self.restart_watchers(client, present_kinds);
+            self.watch_kinds(client, present_kinds);
         }
         Ok(())
     }
@@ -743,8 +804,10 @@ impl Worker {
         // The next pass must not compare against what the watch has not delivered yet.
         if let Ok(mut c) = self.cache.lock() {
             if let Some(kind) = c.get_mut(&(obj.kind.group.clone(), obj.kind.plural.clone())) {
-                kind.objects
-                    .insert((obj.namespace.clone(), obj.name.clone()), trimmed(applied));
+                kind.objects.insert(
+                    (obj.namespace.clone(), obj.name.clone()),
+                    Cached::new(applied),
+                );
             }
         }
         report.writes += 1;
@@ -803,4 +866,21 @@ impl Worker {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_are_spread_over_a_fifth_either_side() {
+        let r = Duration::from_secs(300);
+        let waits: Vec<Duration> = (0..100).map(|i| spread(r, &format!("c{i}"), 1)).collect();
+        assert!(waits.iter().all(|w| *w >= r * 4 / 5 && *w <= r * 6 / 5));
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 90, "{} distinct waits", distinct.len());
+        // Reproducible, and a cluster's next round differs.
+        assert_eq!(spread(r, "c1", 1), spread(r, "c1", 1));
+        assert_ne!(spread(r, "c1", 1), spread(r, "c1", 2));
+    }
 }

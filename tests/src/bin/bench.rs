@@ -680,10 +680,11 @@ async fn controller() -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         drop(child);
+        let in_order: Vec<u64> = times.iter().map(|t| t.round() as u64).collect();
         times.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
         println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads)", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
-        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "objects_per_cluster": 20}));
+        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "objects_per_cluster": 20, "change_ms": in_order}));
         for m in &members {
             m.shutdown();
         }
