@@ -137,6 +137,8 @@ pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
         // Renew every third of the Lease. A failed renewal is retried until two thirds of the Lease have
         // passed since the last success (as client-go's renew deadline); then, or when another replica
         // holds the Lease, every write stops at once, well before anyone else may take over.
+        // A renewal that hangs counts as failed when the deadline comes; a success counts from when it was
+        // sent (the time the Lease records), not from when the answer came.
         let mut renewed = tokio::time::Instant::now();
         let mut wait = lease_for / 3;
         loop {
@@ -144,19 +146,24 @@ pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
             if work.is_finished() {
                 break;
             }
-            match elector.try_acquire().await {
-                Ok(true) => {
-                    renewed = tokio::time::Instant::now();
+            let deadline = renewed + lease_for * 2 / 3;
+            let sent = tokio::time::Instant::now();
+            match tokio::time::timeout_at(deadline, elector.try_acquire()).await {
+                Ok(Ok(true)) => {
+                    renewed = sent;
                     wait = lease_for / 3;
                     continue;
                 }
-                Ok(false) => log::warn!("{identity} lost the leader Lease"),
-                Err(e) if renewed.elapsed() < lease_for * 2 / 3 => {
+                Ok(Ok(false)) => log::warn!("{identity} lost the leader Lease"),
+                Ok(Err(e)) if tokio::time::Instant::now() + lease_for / 12 < deadline => {
                     log::warn!("{identity} could not renew the leader Lease, retrying: {e}");
                     wait = lease_for / 12;
                     continue;
                 }
-                Err(e) => log::warn!("{identity} could not renew the leader Lease in time: {e}"),
+                Ok(Err(e)) => {
+                    log::warn!("{identity} could not renew the leader Lease in time: {e}")
+                }
+                Err(_) => log::warn!("{identity} could not renew the leader Lease in time"),
             }
             break;
         }

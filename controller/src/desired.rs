@@ -143,7 +143,7 @@ pub struct Hub {
 }
 
 /// One object a cluster should hold.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredObject {
     pub kind: ResourceKind,
     pub namespace: Option<String>,
@@ -953,9 +953,17 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
         }
         stamp_hash(&mut f.manifest);
     };
-    let mut pool: BTreeMap<ObjectKey, Vec<Arc<DesiredObject>>> = BTreeMap::new();
+    // Keyed by the object and its config hash: only objects with the same manifest are compared in full.
+    let mut pool: BTreeMap<(ObjectKey, String), Vec<Arc<DesiredObject>>> = BTreeMap::new();
     let mut share = |o: DesiredObject| -> Arc<DesiredObject> {
-        let same = pool.entry(o.key()).or_default();
+        let hash = o
+            .manifest
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let same = pool.entry((o.key(), hash)).or_default();
         if let Some(a) = same.iter().find(|a| ***a == o) {
             return a.clone();
         }
@@ -1363,15 +1371,21 @@ mod tests {
         let wp = "WasmPlugin istio-system/ksit-default-app";
         assert!(!Arc::ptr_eq(&find("c1", wp), &find("c2", wp)));
         assert_ne!(find("c1", wp).manifest, find("c2", wp).manifest);
-        // Held once, and as computed for each cluster alone.
-        let one = compute(
-            &Hub {
-                clusters: vec![h.clusters[2].clone()],
-                ..h.clone()
-            },
-            &settings(),
-        );
-        assert_eq!(one.clusters["c3"], d.clusters["c3"]);
+        // Held once, and each cluster's objects exactly as computed for that cluster alone.
+        for c in &h.clusters {
+            let alone = compute(
+                &Hub {
+                    clusters: vec![c.clone()],
+                    ..h.clone()
+                },
+                &settings(),
+            );
+            assert_eq!(alone.clusters[&c.name], d.clusters[&c.name], "{}", c.name);
+            assert_eq!(
+                find(&c.name, wp).manifest["spec"]["pluginConfig"]["cluster"],
+                json!(c.name)
+            );
+        }
     }
 
     fn policy(name: &str, created: &str, hosts: &[&str], fail: &str) -> TrafficPolicy {

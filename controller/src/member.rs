@@ -127,7 +127,7 @@ fn spread(resync: Duration, cluster: &str, round: u64) -> Duration {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (cluster, round).hash(&mut h);
     let permille = h.finish() % 401; // 0..=400
-    resync * 4 / 5 + resync * (permille as u32) / 2000
+    resync * 4 / 5 + resync * (permille as u32) / 1000
 }
 
 /// managedFields without their field sets (often the larger part of an object; only the managers' names are
@@ -190,6 +190,8 @@ fn is_cluster_wide(e: &Error) -> bool {
 
 #[derive(Default)]
 struct KindCache {
+    /// The watch that fills it (see `Worker::generation`).
+    generation: u64,
     /// The watch has listed everything and is following changes.
     ready: bool,
     objects: BTreeMap<(Option<String>, String), Cached>,
@@ -221,7 +223,12 @@ pub struct Worker {
     /// Kinds known to exist in the cluster, per apiVersion.
     discovered: BTreeMap<String, Option<BTreeSet<String>>>,
     watched: BTreeSet<ResourceKind>,
-    watchers: BTreeMap<ResourceKind, tokio::task::JoinHandle<()>>,
+    /// One drift watch per (group, resource).
+    watchers: BTreeMap<(String, String), tokio::task::JoinHandle<()>>,
+    /// Numbers the drift watches started, so a stopped one cannot write to its successor's cache entry.
+    generation: u64,
+    /// The client was just built: the first pass starts the drift watches before it applies.
+    fresh: bool,
     /// Kinds ksit may prune but has no objects of here (neither wanted nor left over at the last look):
     /// they are not watched and are looked at again only once per resync (a watch per kind per cluster
     /// would hold a connection each: ten kinds at a hundred clusters was most of the controller's memory).
@@ -235,6 +242,18 @@ pub struct Worker {
     drift_rx: mpsc::Receiver<()>,
 }
 
+/// How long the API server keeps one drift watch open before it is resumed.
+const DRIFT_WATCH_SECONDS: u32 = 60;
+
+impl Drop for Worker {
+    /// A worker's watches end with it, also when its task is aborted (leadership lost, cluster gone).
+    fn drop(&mut self) {
+        for w in self.watchers.values() {
+            w.abort();
+        }
+    }
+}
+
 impl Worker {
     pub fn new(cfg: WorkerConfig) -> Self {
         let (drift_tx, drift_rx) = mpsc::channel(1);
@@ -245,6 +264,8 @@ impl Worker {
             discovered: BTreeMap::new(),
             watched: BTreeSet::new(),
             watchers: BTreeMap::new(),
+            generation: 0,
+            fresh: false,
             empty_kinds: BTreeSet::new(),
             full_scan: None,
             cache: Default::default(),
@@ -302,9 +323,6 @@ impl Worker {
                 }
                 _ = tokio::time::sleep(wait) => {}
             }
-        }
-        for w in self.watchers.values() {
-            w.abort();
         }
     }
 
@@ -422,6 +440,7 @@ impl Worker {
         self.empty_kinds.clear();
         // Watches of the old connection end; the new one's start with the next pass.
         self.watch_kinds(&client, BTreeSet::new());
+        self.fresh = true;
         Ok(client)
     }
 
@@ -463,91 +482,124 @@ impl Worker {
         Ok(present)
     }
 
-    /// Watches exactly `kinds`: stops the watches of kinds no longer in it (and forgets what they saw),
-    /// starts the missing ones, leaves the others running.
+    /// Watches exactly `kinds` (one watch per group and resource, whichever version names it): stops the
+    /// watches of kinds no longer in it and forgets what they saw, starts the missing ones, leaves the others
+    /// running. Each watch writes only to the cache entry of its own generation, so a stopped watch that is
+    /// still finishing a step cannot touch what its successor fills.
     fn watch_kinds(&mut self, client: &Client, kinds: BTreeSet<ResourceKind>) {
-        let gone: Vec<ResourceKind> = self
+        let mut wanted: BTreeMap<(String, String), ResourceKind> = BTreeMap::new();
+        for k in &kinds {
+            wanted
+                .entry((k.group.clone(), k.plural.clone()))
+                .or_insert_with(|| k.clone());
+        }
+        let gone: Vec<(String, String)> = self
             .watchers
             .keys()
-            .filter(|k| !kinds.contains(*k))
+            .filter(|id| !wanted.contains_key(*id))
             .cloned()
             .collect();
-        for k in gone {
-            if let Some(w) = self.watchers.remove(&k) {
+        for id in gone {
+            if let Some(w) = self.watchers.remove(&id) {
                 w.abort();
             }
             if let Ok(mut c) = self.cache.lock() {
-                c.remove(&(k.group.clone(), k.plural.clone()));
+                c.remove(&id);
             }
         }
-        self.watched = kinds.clone();
-        for k in kinds {
-            if self.watchers.contains_key(&k) {
+        self.watched = kinds;
+        for (id, k) in wanted {
+            if self.watchers.contains_key(&id) {
                 continue;
+            }
+            self.generation += 1;
+            let generation = self.generation;
+            if let Ok(mut c) = self.cache.lock() {
+                c.insert(
+                    id.clone(),
+                    KindCache {
+                        generation,
+                        ..Default::default()
+                    },
+                );
             }
             let api = api_for(client, &k, None);
             let tx = self.drift_tx.clone();
             let cache = self.cache.clone();
             let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-            let kind_key = k.clone();
-            if let Ok(mut c) = self.cache.lock() {
-                c.remove(&(k.group.clone(), k.plural.clone()));
-            }
+            let cache_id = id.clone();
             let task = tokio::spawn(async move {
                 use kube::runtime::watcher::Event;
-                let cfg = kube::runtime::watcher::Config::default().labels(&selector);
-                let mut stream = kube::runtime::watcher(api, cfg).boxed();
-                let id = (k.group.clone(), k.plural.clone());
+                use kube::runtime::WatchStreamExt;
+                // The server ends each watch after DRIFT_WATCH_SECONDS and it is resumed; a connection that
+                // silently died is noticed a few seconds after that (kube's idle timeout).
+                let cfg = kube::runtime::watcher::Config::default()
+                    .labels(&selector)
+                    .timeout(DRIFT_WATCH_SECONDS);
+                let mut stream = kube::runtime::watcher(api, cfg).default_backoff().boxed();
                 let key = |o: &DynamicObject| {
                     (
                         o.metadata.namespace.clone().filter(|_| k.namespaced),
                         o.metadata.name.clone().unwrap_or_default(),
                     )
                 };
+                enum Step {
+                    Init,
+                    Put((Option<String>, String), Cached, bool),
+                    Done,
+                    Gone((Option<String>, String)),
+                    Failed,
+                }
                 let mut initialised = false;
                 while let Some(ev) = stream.next().await {
-                    // Update the cache under the lock; poke and sleep after it is released.
-                    let (changed, failed) = {
+                    // Serialized before taking the lock; poke after it is released.
+                    let step = match ev {
+                        Ok(Event::Init) => Step::Init,
+                        Ok(Event::InitApply(o)) => Step::Put(key(&o), Cached::new(o), false),
+                        Ok(Event::InitDone) => Step::Done,
+                        Ok(Event::Apply(o)) => Step::Put(key(&o), Cached::new(o), true),
+                        Ok(Event::Delete(o)) => Step::Gone(key(&o)),
+                        Err(_) => Step::Failed,
+                    };
+                    let changed = {
                         let Ok(mut c) = cache.lock() else { return };
-                        let kind = c.entry(id.clone()).or_default();
-                        match ev {
-                            Ok(Event::Init) => {
+                        let Some(kind) =
+                            c.get_mut(&cache_id).filter(|e| e.generation == generation)
+                        else {
+                            return; // stopped: this kind is no longer watched, or watched anew
+                        };
+                        match step {
+                            Step::Init => {
                                 kind.ready = false;
                                 kind.objects.clear();
-                                (false, false)
+                                false
                             }
-                            Ok(Event::InitApply(o)) => {
-                                kind.objects.insert(key(&o), Cached::new(o));
-                                (false, false)
+                            Step::Put(at, o, live) => {
+                                kind.objects.insert(at, o);
+                                live
                             }
-                            Ok(Event::InitDone) => {
+                            Step::Done => {
                                 kind.ready = true;
                                 initialised = true;
-                                (false, false)
+                                false
                             }
-                            Ok(Event::Apply(o)) => {
-                                kind.objects.insert(key(&o), Cached::new(o));
-                                (true, false)
+                            Step::Gone(at) => {
+                                kind.objects.remove(&at);
+                                true
                             }
-                            Ok(Event::Delete(o)) => {
-                                kind.objects.remove(&key(&o));
-                                (true, false)
-                            }
-                            Err(_) => {
+                            Step::Failed => {
+                                // Until the next full list, the view may miss changes: ask the cluster.
                                 kind.ready = false;
-                                (false, true)
+                                false
                             }
                         }
                     };
                     if changed && initialised {
                         let _ = tx.try_send(());
                     }
-                    if failed {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
                 }
             });
-            self.watchers.insert(kind_key, task);
+            self.watchers.insert(id, task);
         }
     }
 
@@ -582,17 +634,6 @@ impl Worker {
                 return report;
             }
         };
-        if self.watched.is_empty() {
-            // A new connection: watch the kinds about to be sent right away, so their caches fill while this
-            // first pass applies (the pass itself settles which kinds stay watched).
-            let kinds = plan
-                .objects
-                .iter()
-                .map(|o| o.kind.clone())
-                .filter(|k| *k != ResourceKind::namespace_kind())
-                .collect();
-            self.watch_kinds(&client, kinds);
-        }
         match self.apply_all(&client, plan, &mut report).await {
             Ok(()) => report.reachable = true,
             Err(e) => {
@@ -628,6 +669,27 @@ impl Worker {
         };
         let wanted: BTreeSet<_> = plan.objects.iter().map(|o| id(&o.key())).collect();
         let retained: BTreeSet<_> = plan.retain.iter().map(id).collect();
+        if self.fresh {
+            // A new connection: watch the kinds about to be sent (those the cluster serves) before applying,
+            // so their views fill while this pass works; the pass then settles which kinds stay watched.
+            // Discovery is the first call that needs the cluster: if it is unreachable, nothing is started.
+            let mut kinds = BTreeSet::new();
+            for k in plan.objects.iter().map(|o| &o.kind) {
+                if *k == ResourceKind::namespace_kind() || kinds.contains(k) {
+                    continue;
+                }
+                match self.has_kind(client, k).await {
+                    Ok(true) => {
+                        kinds.insert(k.clone());
+                    }
+                    Ok(false) => {}
+                    Err(e) if is_cluster_wide(&e) => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            self.fresh = false;
+            self.watch_kinds(client, kinds);
+        }
         let mut present_kinds = BTreeSet::new();
         for obj in &plan.objects {
             let key = obj.key();
@@ -877,8 +939,11 @@ mod spread_tests {
         let r = Duration::from_secs(300);
         let waits: Vec<Duration> = (0..100).map(|i| spread(r, &format!("c{i}"), 1)).collect();
         assert!(waits.iter().all(|w| *w >= r * 4 / 5 && *w <= r * 6 / 5));
+        // Both sides of the period, spread out.
+        assert!(waits.iter().filter(|w| **w < r * 9 / 10).count() > 10);
+        assert!(waits.iter().filter(|w| **w > r * 11 / 10).count() > 10);
         let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
-        assert!(distinct.len() > 90, "{} distinct waits", distinct.len());
+        assert!(distinct.len() > 70, "{} distinct waits", distinct.len());
         // Reproducible, and a cluster's next round differs.
         assert_eq!(spread(r, "c1", 1), spread(r, "c1", 1));
         assert_ne!(spread(r, "c1", 1), spread(r, "c1", 2));

@@ -5,8 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-/// At most this many malloc arenas (glibc; a no-op elsewhere). Call before starting threads.
+/// At most this many malloc arenas (glibc; a no-op elsewhere, or when the operator set
+/// `MALLOC_ARENA_MAX`). Call before starting threads.
 pub fn limit_arenas(n: i32) {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tunables; called before other threads exist.
     unsafe {

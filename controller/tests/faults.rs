@@ -283,6 +283,13 @@ async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() 
     .await;
     first.abort();
     let _ = first.await;
+    // Its drift watches end with it (they are separate tasks: an aborted worker must stop them).
+    wait_for(
+        "the killed instance's watches closed",
+        Duration::from_secs(15),
+        || c1.open_watches() == 0 && c2.open_watches() == 0,
+    )
+    .await;
     let partial = wasm_plugin(c1).is_some()
         && wasm_plugin(c2).is_some()
         && c1.objects("networking.istio.io", "virtualservices").len() >= 2;

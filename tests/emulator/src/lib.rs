@@ -341,6 +341,10 @@ impl Emulator {
             l.clear();
         }
     }
+    /// Watch streams open right now.
+    pub fn open_watches(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
     /// Every API request received (discovery aside), oldest first.
     pub fn request_log(&self) -> Vec<RequestRecord> {
         self.inner.log.lock().map(|l| l.clone()).unwrap_or_default()
