@@ -194,6 +194,9 @@ struct KindCache {
     generation: u64,
     /// The watch has listed everything and is following changes.
     ready: bool,
+    /// The watch failed after its list: it resumes (and still pokes on changes), but what it missed is not
+    /// known, so the view is not trusted until the next pass starts it anew (a fresh list).
+    failed: bool,
     objects: BTreeMap<(Option<String>, String), Cached>,
 }
 
@@ -590,6 +593,7 @@ impl Worker {
                             Step::Failed => {
                                 // Until the next full list, the view may miss changes: ask the cluster.
                                 kind.ready = false;
+                                kind.failed = initialised;
                                 false
                             }
                         }
@@ -810,7 +814,23 @@ impl Worker {
             }
         }
         present_kinds.remove(&ResourceKind::namespace_kind());
-        if present_kinds != self.watched {
+        // Watches that failed after their list are started anew (a fresh list makes their view trusted again).
+        let failed: Vec<(String, String)> = self
+            .cache
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, k)| k.failed)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &failed {
+            if let Some(w) = self.watchers.remove(id) {
+                w.abort();
+            }
+        }
+        if present_kinds != self.watched || !failed.is_empty() {
             self.watch_kinds(client, present_kinds);
         }
         Ok(())
