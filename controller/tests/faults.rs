@@ -348,6 +348,29 @@ async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() 
         );
         assert_eq!(owned_counts(m), (1, 2), "{}: duplicates", m.name());
     }
+    // A watch that breaks on the member's side (an ERROR event) is resumed by kube without a new list, so
+    // what it missed is unknown; the worker starts it anew at its next pass (a fresh list), after which
+    // passes compare against its view again instead of reading every object (cluster1: ksit owns all of
+    // its objects, so none is read for any other reason).
+    for m in [c1, c2] {
+        m.faults().fail_watches();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // a resync pass restarts the failed watches
+    c1.reset_stats();
+    tokio::time::sleep(Duration::from_secs(5)).await; // and the next one reads nothing one by one
+    let reads: Vec<_> = c1
+        .request_log()
+        .into_iter()
+        .filter(|r| r.verb == "get" && sent.contains(&r.resource))
+        .collect();
+    assert!(
+        reads.is_empty(),
+        "objects read one by one after a watch failure: {reads:?}"
+    );
+    assert!(
+        c1.request_log().iter().any(|r| r.verb == "list"),
+        "no resync pass ran"
+    );
     eprintln!(
         "killed with the first instance's apply {} complete",
         if partial { "already" } else { "not yet" }

@@ -82,7 +82,8 @@ pub struct Faults {
     conflict_permille: AtomicU64,
     latency_ms: AtomicU64,
     rng: AtomicU64,
-    drop_watches: Option<broadcast::Sender<()>>,
+    /// Ends every open watch stream: cleanly (false) or with an ERROR event first (true).
+    drop_watches: Option<broadcast::Sender<bool>>,
     down: Option<watch::Sender<bool>>,
     emulator: Weak<Inner>,
 }
@@ -107,7 +108,14 @@ impl Faults {
     /// Ends every open watch stream now.
     pub fn drop_watches(&self) {
         if let Some(tx) = &self.drop_watches {
-            let _ = tx.send(());
+            let _ = tx.send(false);
+        }
+    }
+    /// Ends every open watch stream with an ERROR event (a 500 Status), as a real server does when a watch
+    /// breaks on its side; clients resume from the last version they saw.
+    pub fn fail_watches(&self) {
+        if let Some(tx) = &self.drop_watches {
+            let _ = tx.send(true);
         }
     }
     /// Down: the port refuses connections and open ones (watches included) are closed. Up: serves again
@@ -1303,7 +1311,14 @@ fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> 
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
-                _ = async { match dropped.as_mut() { Some(d) => { let _ = d.recv().await; } None => std::future::pending::<()>().await } } => return,
+                fail = async { match dropped.as_mut() { Some(d) => d.recv().await.unwrap_or(false), None => std::future::pending::<bool>().await } } => {
+                    if fail {
+                        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": "injected watch failure (emulator fault injection)", "reason": "InternalError", "code": 500});
+                        let _ = tx.send(line("ERROR", &status)).await;
+                    }
+                    return;
+                }
                 _ = ticker.tick(), if bookmarks => {
                     // Events arrive in resourceVersion order: nothing this watch cares about is pending
                     // up to the last one it saw.
