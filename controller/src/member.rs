@@ -130,17 +130,6 @@ fn spread(resync: Duration, cluster: &str, round: u64) -> Duration {
     resync * 4 / 5 + resync * (permille as u32) / 1000
 }
 
-/// managedFields without their field sets (often the larger part of an object; only the managers' names are
-/// read).
-fn trimmed(mut o: DynamicObject) -> DynamicObject {
-    if let Some(m) = o.metadata.managed_fields.as_mut() {
-        for f in m {
-            f.fields_v1 = None;
-        }
-    }
-    o
-}
-
 fn managers(live: &DynamicObject) -> String {
     let m: Vec<String> = live
         .metadata
@@ -200,14 +189,18 @@ struct KindCache {
     objects: BTreeMap<(Option<String>, String), Cached>,
 }
 
-/// A live object as the drift cache keeps it: its JSON text, without managedFields' field sets. A hundred
-/// clusters' objects as text take a fraction of their parsed trees; one is parsed only when compared.
+/// A live object as the drift cache keeps it: its JSON text, without managedFields' field sets (often the
+/// larger part of an object; only the managers' names are read). A hundred clusters' objects as text take a
+/// fraction of their parsed trees; one is parsed only when compared.
 struct Cached(Box<str>);
 
 impl Cached {
-    fn new(o: DynamicObject) -> Self {
+    fn new(mut o: DynamicObject) -> Self {
+        for f in o.metadata.managed_fields.iter_mut().flatten() {
+            f.fields_v1 = None;
+        }
         Cached(
-            serde_json::to_string(&trimmed(o))
+            serde_json::to_string(&o)
                 .unwrap_or_default()
                 .into_boxed_str(),
         )

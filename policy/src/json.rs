@@ -85,6 +85,13 @@ pub enum Num {
 }
 
 /// 10^i, correctly rounded as the literal `1e{i}` is (serde_json's table), for i <= 308.
+/// `significand` with the ASCII digit `c` appended, if it still fits a u64.
+fn append_digit(significand: u64, c: u8) -> Option<u64> {
+    significand
+        .checked_mul(10)
+        .and_then(|s| s.checked_add(u64::from(c - b'0')))
+}
+
 fn pow10(i: usize) -> Option<f64> {
     if i > 308 {
         return None;
@@ -439,11 +446,7 @@ impl<'a> Reader<'a> {
             Some(_) => return Err(self.error(INVALID_NUMBER)),
         };
         while let c @ b'0'..=b'9' = self.peek_or_null() {
-            let digit = u64::from(c - b'0');
-            match significand
-                .checked_mul(10)
-                .and_then(|s| s.checked_add(digit))
-            {
+            match append_digit(significand, c) {
                 Some(s) => {
                     self.eat();
                     significand = s;
@@ -492,11 +495,7 @@ impl<'a> Reader<'a> {
         self.eat();
         let mut after: i32 = 0;
         while let c @ b'0'..=b'9' = self.peek_or_null() {
-            let digit = u64::from(c - b'0');
-            match significand
-                .checked_mul(10)
-                .and_then(|s| s.checked_add(digit))
-            {
+            match append_digit(significand, c) {
                 Some(s) => {
                     self.eat();
                     significand = s;
