@@ -1,21 +1,44 @@
-//! proxy-wasm glue: configuration, per-request enforcement of the engine's decision, delay release on tick.
+//! The module's entry points: configuration, per-request enforcement of the engine's decision, delay
+//! release on tick.
+//!
+//! Envoy enters the VM through four callbacks, written here as `ksit_on_*` and exported as `proxy_on_*` by
+//! the post-link step (`tools/wasm-exports`), which drops the SDK's dispatcher. That dispatcher keeps a
+//! context object per stream, so it needs `proxy_on_context_create` and `proxy_on_delete`, two more entries
+//! into the VM on every request; this filter keeps no per-stream state, so a request costs one entry
+//! (`proxy_on_request_headers`). Its root is found by `roots::Roots`; a paused request whose stream ends
+//! early is noticed by the tick (`SWEEP_MS`) instead of `proxy_on_delete`. The SDK still provides the
+//! allocator Envoy writes into, the ABI version marker, the logger and the configure-time host calls.
 
 use crate::paused::{Paused, PausedSet};
+use crate::roots::Roots;
 use crate::{header_map, host, metrics};
 use ksit_policy::{AbortStatus, Engine, Request, DESTINATION_HEADER};
 use log::{error, info, warn};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{LogLevel, MetricType};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
 }}
+
+/// `proxy_on_request_headers` results (Envoy's FilterHeadersStatus).
+const CONTINUE: u32 = 0;
+const PAUSE: u32 = 1;
 
 /// How often paused requests are checked while any are held.
 const TICK_MS: u32 = 10;
+
+/// How often held requests are checked for streams that ended (client reset or timeout), which frees their
+/// place under `maxActiveFaults`: one host call per held request.
+const SWEEP_MS: u64 = 100;
+
+/// How often, when several filter instances share the VM, the others are checked for having been deleted by
+/// Envoy (their policy is then dropped).
+const ROOT_SWEEP_MS: u64 = 5_000;
+
+/// The property naming a request's filter instance, asked only when several share the VM.
+const PLUGIN_NAME: &[u8] = b"plugin_name";
 
 /// Benchmark builds (feature `bench-stages`): where each request stops, from `KSIT_BENCH_STAGE`.
 #[cfg(feature = "bench-stages")]
@@ -87,15 +110,20 @@ impl Metrics {
     }
 }
 
-/// Everything one worker's HTTP contexts share: the compiled policy, metric ids and the paused requests.
-struct Shared {
+/// One configured filter instance (a root context): the compiled policy, metric ids, the requests it holds
+/// and when its tick next does each chore. Shared by its requests through `Rc`.
+struct Root {
+    id: u32,
     engine: Engine,
     metrics: Metrics,
     paused: RefCell<PausedSet>,
     rng: Cell<u64>,
+    next_flush_ms: Cell<u64>,
+    next_sweep_ms: Cell<u64>,
+    next_root_sweep_ms: Cell<u64>,
 }
 
-impl Shared {
+impl Root {
     fn entropy(&self) -> u64 {
         // xorshift64*: only for requests that carry no key at all.
         let mut x = self.rng.get();
@@ -107,179 +135,222 @@ impl Shared {
     }
 }
 
-#[derive(Default)]
-struct Root {
-    shared: Option<Rc<Shared>>,
-    config_errors: Option<u32>,
-    due: Vec<Paused>,
-    /// When the counters are next handed to Envoy (the tick also runs every TICK_MS while delays are held).
-    next_flush_ms: u64,
+thread_local! {
+    /// The VM's configured roots (one VM runs on one thread).
+    static ROOTS: RefCell<Roots<Rc<Root>>> = RefCell::new(Roots::default());
+}
+
+fn root(id: u32) -> Option<Rc<Root>> {
+    ROOTS.with(|r| r.borrow().get(id).cloned())
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
     proxy_wasm::hostcalls::define_metric(kind, name).unwrap_or(u32::MAX)
 }
 
-impl Context for Root {}
+#[no_mangle]
+pub extern "C" fn ksit_on_vm_start(_root_id: u32, _vm_config_size: usize) -> u32 {
+    info!("ksit filter {} starting", env!("CARGO_PKG_VERSION"));
+    1
+}
 
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        info!("ksit filter {} starting", env!("CARGO_PKG_VERSION"));
-        true
-    }
+#[no_mangle]
+pub extern "C" fn ksit_on_configure(root_id: u32, _config_size: usize) -> u32 {
+    u32::from(configure(root_id))
+}
 
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let errors = *self
-            .config_errors
-            .get_or_insert_with(|| define(MetricType::Counter, metrics::CONFIG_ERRORS));
-        let config = proxy_wasm::hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        let env_cluster = std::env::var("KSIT_CLUSTER").ok();
-        #[cfg(feature = "bench-stages")]
-        BENCH_STAGE.store(
-            std::env::var("KSIT_BENCH_STAGE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u8::MAX),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let engine = match Engine::from_json(&config, env_cluster.as_deref()) {
-            Ok(e) => e,
-            Err(e) => {
-                for fe in &e.errors {
-                    error!("ksit: invalid pluginConfig: {fe}");
-                }
-                error!(
-                    "ksit: pluginConfig rejected with {} error(s); the filter will not start",
-                    e.errors.len()
-                );
-                host::increment(errors, 1);
-                return false;
+fn configure(root_id: u32) -> bool {
+    let errors = define(MetricType::Counter, metrics::CONFIG_ERRORS);
+    let config = proxy_wasm::hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let env_cluster = std::env::var("KSIT_CLUSTER").ok();
+    #[cfg(feature = "bench-stages")]
+    BENCH_STAGE.store(
+        std::env::var("KSIT_BENCH_STAGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u8::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let engine = match Engine::from_json(&config, env_cluster.as_deref()) {
+        Ok(e) => e,
+        Err(e) => {
+            for fe in &e.errors {
+                error!("ksit: invalid pluginConfig: {fe}");
             }
-        };
-        let several = engine.policies().len() > 1;
-        let rules = engine
-            .policies()
-            .iter()
-            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
-            .map(|(p, r)| {
-                let l = metrics::RuleLabel {
-                    policy: several.then_some(p.name.as_str()),
-                    rule: &r.name,
-                };
-                RuleMetrics {
-                    per_destination: r
-                        .destinations
-                        .iter()
-                        .map(|d| {
-                            Batched::new(define(MetricType::Counter, &metrics::requests(l, &d.key)))
-                        })
-                        .collect(),
-                    delays: define(MetricType::Counter, &metrics::delays(l)),
-                    aborts: define(MetricType::Counter, &metrics::aborts(l)),
-                    skipped: define(MetricType::Counter, &metrics::faults_skipped(l)),
-                }
-            })
-            .collect();
-        let m = Metrics {
-            rules,
-            unmatched: Batched::new(define(MetricType::Counter, metrics::UNMATCHED)),
-            spoofed: Batched::new(define(MetricType::Counter, metrics::SPOOFED)),
-            active_delays: define(MetricType::Gauge, metrics::ACTIVE_DELAYS),
-            vm_memory: define(MetricType::Gauge, metrics::VM_MEMORY),
-        };
+            error!(
+                "ksit: pluginConfig rejected with {} error(s); the filter will not start",
+                e.errors.len()
+            );
+            host::increment(errors, 1);
+            // Not registered: a root this one would have superseded keeps serving.
+            return false;
+        }
+    };
+    let several = engine.policies().len() > 1;
+    let rules = engine
+        .policies()
+        .iter()
+        .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+        .map(|(p, r)| {
+            let l = metrics::RuleLabel {
+                policy: several.then_some(p.name.as_str()),
+                rule: &r.name,
+            };
+            RuleMetrics {
+                per_destination: r
+                    .destinations
+                    .iter()
+                    .map(|d| {
+                        Batched::new(define(MetricType::Counter, &metrics::requests(l, &d.key)))
+                    })
+                    .collect(),
+                delays: define(MetricType::Counter, &metrics::delays(l)),
+                aborts: define(MetricType::Counter, &metrics::aborts(l)),
+                skipped: define(MetricType::Counter, &metrics::faults_skipped(l)),
+            }
+        })
+        .collect();
+    let m = Metrics {
+        rules,
+        unmatched: Batched::new(define(MetricType::Counter, metrics::UNMATCHED)),
+        spoofed: Batched::new(define(MetricType::Counter, metrics::SPOOFED)),
+        active_delays: define(MetricType::Gauge, metrics::ACTIVE_DELAYS),
+        vm_memory: define(MetricType::Gauge, metrics::VM_MEMORY),
+    };
+    let name = host::property(PLUGIN_NAME).unwrap_or_default();
+    info!(
+        "ksit: configured {} polic{}, {} rule(s), cluster {}, maxActiveFaults {}",
+        engine.policies().len(),
+        if engine.policies().len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        engine.rule_count(),
+        engine.cluster().unwrap_or("(none)"),
+        engine.max_active_faults()
+    );
+    let now = host::now_ms();
+    let root = Rc::new(Root {
+        id: root_id,
+        engine,
+        metrics: m,
+        paused: RefCell::new(PausedSet::default()),
+        rng: Cell::new(now ^ 0x9e37_79b9_7f4a_7c15 | 1),
+        next_flush_ms: Cell::new(0),
+        next_sweep_ms: Cell::new(0),
+        next_root_sweep_ms: Cell::new(now + ROOT_SWEEP_MS),
+    });
+    let (replaced, count) = ROOTS.with(|r| {
+        let mut roots = r.borrow_mut();
+        (roots.insert(root_id, &name, root.clone()), roots.len())
+    });
+    // Requests still paused under the configuration this one replaces keep their place: this root's tick
+    // releases them.
+    for old in replaced {
+        old.metrics.flush();
+        let held = std::mem::take(&mut *old.paused.borrow_mut());
+        root.paused.borrow_mut().absorb(held);
+    }
+    if count > 1 {
         info!(
-            "ksit: configured {} polic{}, {} rule(s), cluster {}, maxActiveFaults {}",
-            engine.policies().len(),
-            if engine.policies().len() == 1 {
-                "y"
-            } else {
-                "ies"
-            },
-            engine.rule_count(),
-            engine.cluster().unwrap_or("(none)"),
-            engine.max_active_faults()
+            "ksit: {count} filter instances share this VM; requests are told apart by plugin_name ({})",
+            String::from_utf8_lossy(&name)
         );
-        // Requests still paused under the previous configuration keep their place: they are released by
-        // this root's tick with the set carried over.
-        let paused = self
-            .shared
-            .as_ref()
-            .map(|s| {
-                s.metrics.flush();
-                std::mem::take(&mut *s.paused.borrow_mut())
-            })
-            .unwrap_or_default();
-        // The tick releases delays (every TICK_MS while any are held) and flushes the counters.
-        host::set_tick_period_ms(if paused.is_empty() { FLUSH_MS } else { TICK_MS });
-        self.shared = Some(Rc::new(Shared {
-            engine,
-            metrics: m,
-            paused: RefCell::new(paused),
-            rng: Cell::new(host::now_ms() ^ 0x9e37_79b9_7f4a_7c15 | 1),
-        }));
-        true
     }
+    // The tick releases delays (every TICK_MS while any are held) and flushes the counters.
+    let empty = root.paused.borrow().is_empty();
+    host::set_tick_period_ms(if empty { FLUSH_MS } else { TICK_MS });
+    true
+}
 
-    fn on_tick(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
-        let now = host::now_ms();
-        // Within one fast tick of due, so a FLUSH_MS tick that fires a little early still flushes.
-        if now + u64::from(TICK_MS) >= self.next_flush_ms {
-            shared.metrics.flush();
-            self.next_flush_ms = now + u64::from(FLUSH_MS);
+#[no_mangle]
+pub extern "C" fn ksit_on_tick(root_id: u32) {
+    let Some(root) = root(root_id) else {
+        // Superseded by a newer configuration (which took its paused requests) or never configured.
+        host::set_tick_period_ms(0);
+        return;
+    };
+    let now = host::now_ms();
+    // Within one fast tick of due, so a FLUSH_MS tick that fires a little early still flushes.
+    if now + u64::from(TICK_MS) >= root.next_flush_ms.get() {
+        root.metrics.flush();
+        root.next_flush_ms.set(now + u64::from(FLUSH_MS));
+    }
+    let mut due = Vec::new();
+    root.paused.borrow_mut().take_due(now, &mut due);
+    let mut moved = false;
+    // No borrow is held here: resuming runs the rest of the stream's filter chain, which may enter this VM
+    // again (another ksit filter instance).
+    for p in &due {
+        host::increment(root.metrics.active_delays, -1);
+        moved = true;
+        if !host::set_effective_context(p.context_id) {
+            continue; // the stream is gone
         }
-        self.due.clear();
-        let empty = {
-            let mut paused = shared.paused.borrow_mut();
-            paused.take_due(now, &mut self.due);
-            paused.is_empty()
-        };
-        for p in &self.due {
-            host::increment(shared.metrics.active_delays, -1);
-            if !host::set_effective_context(p.context_id) {
-                continue; // the stream is gone
-            }
-            match p.then_abort {
-                Some(status) => abort(status),
-                None => {
-                    host::resume_request();
-                }
+        match p.then_abort {
+            Some(status) => abort(status),
+            None => {
+                host::resume_request();
             }
         }
-        if empty {
-            host::set_tick_period_ms(FLUSH_MS);
+    }
+    if now >= root.next_sweep_ms.get() {
+        root.next_sweep_ms.set(now + SWEEP_MS);
+        let mut paused = root.paused.borrow_mut();
+        if !paused.is_empty() {
+            moved = true;
+            let gone = paused.retain_alive(host::set_effective_context);
+            if gone > 0 {
+                host::increment(
+                    root.metrics.active_delays,
+                    -i64::try_from(gone).unwrap_or(i64::MAX),
+                );
+            }
         }
     }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            id: context_id,
-            shared: self.shared.clone(),
-            paused: false,
-        }))
+    if now >= root.next_root_sweep_ms.get() {
+        root.next_root_sweep_ms.set(now + ROOT_SWEEP_MS);
+        moved |= sweep_roots(root_id);
     }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    if moved {
+        host::set_effective_context(root_id);
+    }
+    if root.paused.borrow().is_empty() {
+        host::set_tick_period_ms(FLUSH_MS);
     }
 }
 
-struct Http {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-    paused: bool,
+/// Drops the other roots Envoy has deleted (a filter removed from the configuration); true when it changed
+/// the effective context.
+fn sweep_roots(root_id: u32) -> bool {
+    let others = ROOTS.with(|r| r.borrow().others(root_id));
+    if others.is_empty() {
+        return false;
+    }
+    let dead: Vec<u32> = others
+        .into_iter()
+        .filter(|&id| !host::set_effective_context(id))
+        .collect();
+    if !dead.is_empty() {
+        let dropped = ROOTS.with(|r| r.borrow_mut().retain(|id| !dead.contains(&id)));
+        for d in dropped {
+            d.metrics.flush();
+            info!(
+                "ksit: filter instance {} was deleted; its policy is dropped",
+                d.id
+            );
+        }
+    }
+    true
 }
-
-impl Context for Http {}
 
 fn abort(status: AbortStatus) {
     let ok = match status {
@@ -303,123 +374,114 @@ fn abort(status: AbortStatus) {
     }
 }
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
-        if bench_stop(0) {
-            return Action::Continue;
-        }
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
-        let Some(buf) = host::request_headers() else {
-            return Action::Continue;
-        };
-        let mut pairs = Vec::with_capacity(num_headers);
-        header_map::parse(&buf, &mut pairs);
-        if bench_stop(1) {
-            return Action::Continue;
-        }
-        #[cfg(feature = "test-trap")]
-        if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
-            core::arch::wasm32::unreachable();
-        }
-        let spoofed = pairs
-            .iter()
-            .any(|(n, _)| *n == DESTINATION_HEADER.as_bytes());
-        let d = shared
-            .engine
-            .decide(&Request::new(&pairs), shared.entropy());
-        let m = &shared.metrics;
-        if bench_stop(2) {
-            return Action::Continue;
-        }
-        match (d.rule, d.destination) {
-            (Some(rule), Some(dest)) => {
-                host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
-                if bench_stop(3) {
-                    return Action::Continue;
-                }
-                if let Some(rm) = m.rules.get(rule.id) {
-                    let di = rule
-                        .destinations
-                        .iter()
-                        .position(|x| std::ptr::eq(x, dest))
-                        .unwrap_or(0);
-                    if let Some(c) = rm.per_destination.get(di) {
-                        c.add();
-                    }
-                }
-            }
-            _ => {
-                if spoofed {
-                    host::remove_request_header(DESTINATION_HEADER);
-                }
-                if d.policy.is_some() {
-                    m.unmatched.add();
-                }
-            }
-        }
-        if spoofed {
-            m.spoofed.add();
-        }
-        let Some(rule) = d.rule else {
-            return Action::Continue;
-        };
-        let rm = m.rules.get(rule.id);
-        let then_abort = d.abort.filter(|a| a.applied).map(|a| a.spec.status);
-        if let Some(delay) = d.delay.filter(|r| r.applied) {
-            let entry = Paused {
-                context_id: self.id,
-                due_ms: host::now_ms() + delay.spec.millis,
-                then_abort,
-            };
-            let (held, was_empty) = {
-                let mut paused = shared.paused.borrow_mut();
-                let was_empty = paused.is_empty();
-                (
-                    paused.try_insert(entry, shared.engine.max_active_faults()),
-                    was_empty,
-                )
-            };
-            if held {
-                self.paused = true;
-                if was_empty {
-                    host::set_tick_period_ms(TICK_MS);
-                }
-                host::increment(m.active_delays, 1);
-                if let Some(rm) = rm {
-                    host::increment(rm.delays, 1);
-                    if then_abort.is_some() {
-                        host::increment(rm.aborts, 1);
-                    }
-                }
-                return Action::Pause;
-            }
-            if let Some(rm) = rm {
-                host::increment(rm.skipped, 1);
-            }
-        }
-        if let Some(status) = then_abort {
-            if let Some(rm) = rm {
-                host::increment(rm.aborts, 1);
-            }
-            abort(status);
-            return Action::Pause;
-        }
-        Action::Continue
+#[no_mangle]
+pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _eos: u32) -> u32 {
+    if bench_stop(0) {
+        return CONTINUE;
+    }
+    let root = ROOTS.with(|r| {
+        r.borrow()
+            .for_request(|| host::property(PLUGIN_NAME))
+            .cloned()
+    });
+    match root {
+        Some(root) => on_request_headers(&root, context_id, num_headers),
+        None => CONTINUE,
     }
 }
 
-impl Drop for Http {
-    /// A stream that ends while paused (client reset or timeout) leaves nothing behind.
-    fn drop(&mut self) {
-        if !self.paused {
-            return;
+fn on_request_headers(root: &Root, context_id: u32, num_headers: usize) -> u32 {
+    let Some(buf) = host::request_headers() else {
+        return CONTINUE;
+    };
+    let mut pairs = Vec::with_capacity(num_headers);
+    header_map::parse(&buf, &mut pairs);
+    if bench_stop(1) {
+        return CONTINUE;
+    }
+    #[cfg(feature = "test-trap")]
+    if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
+        core::arch::wasm32::unreachable();
+    }
+    let spoofed = pairs
+        .iter()
+        .any(|(n, _)| *n == DESTINATION_HEADER.as_bytes());
+    let d = root.engine.decide(&Request::new(&pairs), root.entropy());
+    let m = &root.metrics;
+    if bench_stop(2) {
+        return CONTINUE;
+    }
+    match (d.rule, d.destination) {
+        (Some(rule), Some(dest)) => {
+            host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
+            if bench_stop(3) {
+                return CONTINUE;
+            }
+            if let Some(rm) = m.rules.get(rule.id) {
+                let di = rule
+                    .destinations
+                    .iter()
+                    .position(|x| std::ptr::eq(x, dest))
+                    .unwrap_or(0);
+                if let Some(c) = rm.per_destination.get(di) {
+                    c.add();
+                }
+            }
         }
-        if let Some(shared) = &self.shared {
-            if shared.paused.borrow_mut().remove(self.id) {
-                host::increment(shared.metrics.active_delays, -1);
+        _ => {
+            if spoofed {
+                host::remove_request_header(DESTINATION_HEADER);
+            }
+            if d.policy.is_some() {
+                m.unmatched.add();
             }
         }
     }
+    if spoofed {
+        m.spoofed.add();
+    }
+    let Some(rule) = d.rule else {
+        return CONTINUE;
+    };
+    let rm = m.rules.get(rule.id);
+    let then_abort = d.abort.filter(|a| a.applied).map(|a| a.spec.status);
+    if let Some(delay) = d.delay.filter(|r| r.applied) {
+        let entry = Paused {
+            context_id,
+            due_ms: host::now_ms() + delay.spec.millis,
+            then_abort,
+        };
+        let (held, was_empty) = {
+            let mut paused = root.paused.borrow_mut();
+            let was_empty = paused.is_empty();
+            (
+                paused.try_insert(entry, root.engine.max_active_faults()),
+                was_empty,
+            )
+        };
+        if held {
+            if was_empty {
+                host::set_tick_period_ms(TICK_MS);
+            }
+            host::increment(m.active_delays, 1);
+            if let Some(rm) = rm {
+                host::increment(rm.delays, 1);
+                if then_abort.is_some() {
+                    host::increment(rm.aborts, 1);
+                }
+            }
+            return PAUSE;
+        }
+        if let Some(rm) = rm {
+            host::increment(rm.skipped, 1);
+        }
+    }
+    if let Some(status) = then_abort {
+        if let Some(rm) = rm {
+            host::increment(rm.aborts, 1);
+        }
+        abort(status);
+        return PAUSE;
+    }
+    CONTINUE
 }

@@ -24,6 +24,12 @@ extern "C" {
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_len: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status: u32,
@@ -47,6 +53,22 @@ pub fn request_headers() -> Option<Vec<u8>> {
         if proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) != OK || data.is_null()
         {
             return None;
+        }
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+/// A property of the current context (`path`: its segments joined by NUL), e.g. `plugin_name`.
+pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as for `request_headers`: the host hands over a buffer of `size` bytes from our allocator.
+    unsafe {
+        if proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) != OK {
+            return None;
+        }
+        if data.is_null() {
+            return (size == 0).then(Vec::new);
         }
         Some(Vec::from_raw_parts(data, size, size))
     }

@@ -7,6 +7,7 @@
 pub mod header_map;
 pub mod metrics;
 pub mod paused;
+pub mod roots;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

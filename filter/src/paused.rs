@@ -1,5 +1,5 @@
 //! Requests held by a delay fault on one worker: bounded, released by the root context's tick, and
-//! forgotten when the client goes away first.
+//! forgotten when the client goes away first (the tick checks, see `glue`).
 
 use ksit_policy::AbortStatus;
 
@@ -34,15 +34,16 @@ impl PausedSet {
         true
     }
 
-    /// Forgets a request (its stream ended); true when it was still held.
-    pub fn remove(&mut self, context_id: u32) -> bool {
-        match self.entries.iter().position(|p| p.context_id == context_id) {
-            Some(i) => {
-                self.entries.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+    /// Forgets the requests whose stream has ended (`alive` says false); returns how many.
+    pub fn retain_alive(&mut self, mut alive: impl FnMut(u32) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|p| alive(p.context_id));
+        before - self.entries.len()
+    }
+
+    /// Takes over another set's requests (a root superseded by a new configuration).
+    pub fn absorb(&mut self, other: PausedSet) {
+        self.entries.extend(other.entries);
     }
 
     /// Takes every request due at `now_ms` into `out`.
@@ -80,11 +81,15 @@ mod tests {
         s.take_due(60, &mut due);
         assert_eq!(due, vec![p(2, 50)]);
         assert!(s.try_insert(p(3, 10), 2));
-        assert!(s.remove(1));
-        assert!(!s.remove(1));
+        assert_eq!(s.retain_alive(|id| id != 1), 1, "stream 1 ended");
+        assert_eq!(s.retain_alive(|id| id != 1), 0);
+        let mut other = PausedSet::default();
+        assert!(other.try_insert(p(9, 20), 1));
+        s.absorb(other);
+        assert_eq!(s.len(), 2);
         due.clear();
         s.take_due(1000, &mut due);
-        assert_eq!(due, vec![p(3, 10)]);
+        assert_eq!(due, vec![p(3, 10), p(9, 20)]);
         assert!(s.is_empty());
     }
 }

@@ -617,3 +617,83 @@ async fn merged_policies_route_each_host_by_its_own_policy() {
         }
     }
 }
+
+/// Two ksit filters that share one VM (same module and `vm_id`, as Istio does for every WasmPlugin that loads
+/// the ksit module on a proxy) each apply their own policy: the module keeps no per-stream context, so a
+/// request finds its filter instance by `plugin_name`. The second one also delays, so its own tick must
+/// release its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_sharing_a_vm_each_apply_their_own_policy() {
+    let only = |dest: &str| {
+        let mut p = seed_without_faults();
+        p["http"][0]["route"] = json!([{"destination": {"host": dest}, "weight": 100}]);
+        p
+    };
+    let policy_a = only("api-service-v1");
+    let mut policy_b = only("api-service-v2");
+    policy_b["http"][0]["fault"] =
+        json!({"delay": {"fixedDelay": "300ms", "percentage": {"value": 100}}});
+    for v in envoy_versions() {
+        let backends = start_all(&DESTS).await.unwrap();
+        let upstreams = backends
+            .iter()
+            .map(|b| Upstream {
+                destination: b.name.clone(),
+                addr: b.addr,
+            })
+            .collect();
+        let mut cfg = EnvoyConfig::new(&v, upstreams);
+        cfg.default_destination = Some("passthrough".into());
+        cfg.filter = Some(FilterConfig::new(&policy_a).unwrap());
+        let second_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut filter_b = FilterConfig::new(&policy_b).unwrap().http_filter();
+        filter_b["typed_config"]["config"]["name"] = json!("ksit-b");
+        let envoy = Envoy::start_with(&cfg, |b: &mut Value| {
+            let listeners = b
+                .pointer_mut("/static_resources/listeners")
+                .unwrap()
+                .as_array_mut()
+                .unwrap();
+            let mut second = listeners[0].clone();
+            second["name"] = json!("second");
+            second["address"]["socket_address"]["port_value"] = json!(second_port);
+            let filters = second
+                .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
+                .unwrap()
+                .as_array_mut()
+                .unwrap();
+            let i = filters
+                .iter()
+                .position(|f| f["name"] == "envoy.filters.http.wasm")
+                .unwrap();
+            filters[i] = filter_b.clone();
+            listeners.push(second);
+        })
+        .await
+        .unwrap();
+        let a = Client::new(&envoy.base_url());
+        let b = Client::new(&format!("http://127.0.0.1:{second_port}"));
+        for i in 0..10 {
+            let id = format!("shared-{i}");
+            let h = [("host", HOST), ("x-request-id", id.as_str())];
+            let ra = a.get("/api/x", &h).await.unwrap();
+            assert_eq!(ra.backend(), Some("api-service-v1"), "{v}: {ra:?}");
+            let started = std::time::Instant::now();
+            let rb = b.get("/api/x", &h).await.unwrap();
+            assert_eq!(rb.backend(), Some("api-service-v2"), "{v}: {rb:?}");
+            assert!(
+                started.elapsed() >= Duration::from_millis(300),
+                "{v}: the second filter's delay was not applied"
+            );
+        }
+        assert!(
+            envoy.log().contains("2 filter instances share this VM"),
+            "{v}: the two filters did not share a VM, so this test proves nothing:\n{}",
+            envoy.log_tail(30)
+        );
+    }
+}

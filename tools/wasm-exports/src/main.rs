@@ -1,25 +1,28 @@
 //! `ksit-wasm-exports strip IN OUT` keeps only the exports the filter needs; `list FILE` prints them.
 //!
 //! Envoy calls every callback a module exports, and each call into the VM costs about a microsecond. The
-//! proxy-wasm SDK exports all of them (response headers, bodies, trailers, network callbacks…), so the
-//! module is cut down to what the filter uses after linking; unreachable code goes with them.
+//! proxy-wasm SDK exports all of them (response headers, bodies, trailers, network callbacks…) through its
+//! dispatcher, which also needs a context created and deleted for every stream. The filter brings its own
+//! entry points (`ksit_on_*`, see filter/src/glue.rs); this step exports them under their proxy-wasm names
+//! in place of the SDK's, drops every other callback, and lets unreachable code go with them.
 
 use std::process::ExitCode;
 
-/// What Envoy needs from the ksit filter: VM and memory plumbing, the root context's configure and tick, and
-/// the HTTP context's request headers and end of life (so paused requests are released).
-pub const KEEP: [&str; 11] = [
+/// Exports kept as they are: VM and memory plumbing from the SDK and the toolchain.
+pub const KEEP: [&str; 5] = [
     "memory",
     "_initialize",
     "malloc",
     "proxy_on_memory_allocate",
     "proxy_abi_version_0_2_1",
-    "proxy_on_context_create",
-    "proxy_on_vm_start",
-    "proxy_on_configure",
-    "proxy_on_tick",
-    "proxy_on_request_headers",
-    "proxy_on_delete",
+];
+
+/// The filter's entry points and the names Envoy calls them by; all must be present.
+pub const RENAME: [(&str, &str); 4] = [
+    ("ksit_on_vm_start", "proxy_on_vm_start"),
+    ("ksit_on_configure", "proxy_on_configure"),
+    ("ksit_on_tick", "proxy_on_tick"),
+    ("ksit_on_request_headers", "proxy_on_request_headers"),
 ];
 
 fn main() -> ExitCode {
@@ -57,14 +60,25 @@ fn list(input: &str) -> anyhow::Result<()> {
 
 fn strip(input: &str, output: &str) -> anyhow::Result<()> {
     let mut m = walrus::Module::from_file(input)?;
+    for (from, _) in RENAME {
+        anyhow::ensure!(
+            m.exports.iter().any(|e| e.name == from),
+            "{input} does not export {from}: is it the ksit filter?"
+        );
+    }
     let drop: Vec<(walrus::ExportId, String)> = m
         .exports
         .iter()
-        .filter(|e| !KEEP.contains(&e.name.as_str()))
+        .filter(|e| !KEEP.contains(&e.name.as_str()) && !RENAME.iter().any(|(f, _)| *f == e.name))
         .map(|e| (e.id(), e.name.clone()))
         .collect();
     for (id, _) in &drop {
         m.exports.delete(*id);
+    }
+    for e in m.exports.iter_mut() {
+        if let Some((_, to)) = RENAME.iter().find(|(f, _)| *f == e.name) {
+            e.name = (*to).to_string();
+        }
     }
     walrus::passes::gc::run(&mut m);
     let before = std::fs::metadata(input)?.len();
