@@ -374,6 +374,11 @@ fn abort(status: AbortStatus) {
     }
 }
 
+/// Whether another filter instance in this VM governs `host`.
+fn governed_elsewhere(root_id: u32, host: &[u8]) -> bool {
+    ROOTS.with(|r| r.borrow().any_other(root_id, |o| o.engine.governs(host)))
+}
+
 #[no_mangle]
 pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _eos: u32) -> u32 {
     if bench_stop(0) {
@@ -403,10 +408,17 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize) -> u32 {
     if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
         core::arch::wasm32::unreachable();
     }
-    let spoofed = pairs
+    let has_destination = pairs
         .iter()
         .any(|(n, _)| *n == DESTINATION_HEADER.as_bytes());
-    let d = root.engine.decide(&Request::new(&pairs), root.entropy());
+    let req = Request::new(&pairs);
+    let d = root.engine.decide(&req, root.entropy());
+    // A destination already on the request is a client's (replaced or removed) on the hosts this filter
+    // governs, and on hosts no ksit filter in this VM governs. On a host another ksit filter governs (two
+    // WasmPlugins on one proxy) it is left to that one: if earlier in the chain it has just set it, if later
+    // it will replace or remove it.
+    let spoofed =
+        has_destination && (d.policy.is_some() || !governed_elsewhere(root.id, req.host()));
     let m = &root.metrics;
     if bench_stop(2) {
         return CONTINUE;

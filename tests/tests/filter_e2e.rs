@@ -697,3 +697,65 @@ async fn filters_sharing_a_vm_each_apply_their_own_policy() {
         );
     }
 }
+
+/// Two ksit filters in one chain (two WasmPlugins on the same proxy, e.g. policies with the same selector
+/// but different failStrategy), governing different hosts: neither undoes the other's decision, and a
+/// client's own destination is still removed on every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_filters_keep_each_others_decisions() {
+    const OTHER: &str = "other.example.com";
+    let mut policy_a = seed_without_faults();
+    policy_a["http"][0]["route"] =
+        json!([{"destination": {"host": "api-service-v2"}, "weight": 100}]);
+    let mut policy_b = seed_without_faults();
+    policy_b["hosts"] = json!([OTHER]);
+    policy_b["http"] = json!([{"name": "other-api", "match": [{"uri": {"prefix": "/api"}}],
+                               "route": [{"destination": {"host": "web-service"}}]}]);
+    for v in envoy_versions() {
+        let backends = start_all(&DESTS).await.unwrap();
+        let upstreams = backends
+            .iter()
+            .map(|b| Upstream {
+                destination: b.name.clone(),
+                addr: b.addr,
+            })
+            .collect();
+        let mut cfg = EnvoyConfig::new(&v, upstreams);
+        cfg.default_destination = Some("passthrough".into());
+        cfg.filter = Some(FilterConfig::new(&policy_a).unwrap());
+        let mut b = FilterConfig::new(&policy_b).unwrap().http_filter();
+        b["typed_config"]["config"]["name"] = json!("ksit-b");
+        cfg.extra_http_filters_after = vec![b.to_string()];
+        let envoy = Envoy::start(&cfg).await.unwrap();
+        let c = Client::new(&envoy.base_url());
+        let get = |host: &'static str, path: &'static str, dest: Option<&'static str>| {
+            let c = c.clone();
+            async move {
+                let mut h = vec![("host", host), ("x-request-id", "chain")];
+                h.extend(dest.map(|d| ("x-ksit-destination", d)));
+                c.get(path, &h).await.unwrap()
+            }
+        };
+        // The first filter's decision survives the second (which does not govern the host).
+        let r = get(HOST, "/api/x", None).await;
+        assert_eq!(r.backend(), Some("api-service-v2"), "{v}: {r:?}");
+        // The second filter decides its own host.
+        let r = get(OTHER, "/api/x", None).await;
+        assert_eq!(r.backend(), Some("web-service"), "{v}: {r:?}");
+        // A client's destination: replaced on a decided request, removed where no rule matches, and removed
+        // on a host no filter governs.
+        let r = get(OTHER, "/api/x", Some("api-service-v1")).await;
+        assert_eq!(r.backend(), Some("web-service"), "{v}: {r:?}");
+        let r = get(HOST, "/other", Some("api-service-v1")).await;
+        assert_eq!(r.backend(), Some("passthrough"), "{v}: {r:?}");
+        let r = get(OTHER, "/other", Some("api-service-v1")).await;
+        assert_eq!(r.backend(), Some("passthrough"), "{v}: {r:?}");
+        let r = get("third.example.com", "/api/x", Some("api-service-v1")).await;
+        assert_eq!(r.backend(), Some("passthrough"), "{v}: {r:?}");
+        assert!(
+            envoy.log().contains("2 filter instances share this VM"),
+            "{v}: the filters did not share a VM:\n{}",
+            envoy.log_tail(30)
+        );
+    }
+}
