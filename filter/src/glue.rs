@@ -1,13 +1,13 @@
 //! The module's entry points: configuration, per-request enforcement of the engine's decision, delay
-//! release on tick.
+//! release on tick, and the end of a stream or root.
 //!
-//! Envoy enters the VM through four callbacks, written here as `ksit_on_*` and exported as `proxy_on_*` by
+//! Envoy enters the VM through five callbacks, written here as `ksit_on_*` and exported as `proxy_on_*` by
 //! the post-link step (`tools/wasm-exports`), which drops the SDK's dispatcher. That dispatcher keeps a
-//! context object per stream, so it needs `proxy_on_context_create` and `proxy_on_delete`, two more entries
-//! into the VM on every request; this filter keeps no per-stream state, so a request costs one entry
-//! (`proxy_on_request_headers`). Its root is found by `roots::Roots`; a paused request whose stream ends
-//! early is noticed by the tick (`SWEEP_MS`) instead of `proxy_on_delete`. The SDK still provides the
-//! allocator Envoy writes into, the ABI version marker, the logger and the configure-time host calls.
+//! context object per stream, so it also needs `proxy_on_context_create`, one more entry into the VM on
+//! every request; this filter keeps no per-stream state, so a request costs two entries (its headers, and
+//! `proxy_on_delete` at its end, which frees the place of a request a delay still holds). Its root is found
+//! by `roots::Roots`. The SDK still provides the allocator Envoy writes into, the ABI version marker, the
+//! logger and the configure-time host calls.
 
 use crate::paused::{Paused, PausedSet};
 use crate::roots::Roots;
@@ -29,12 +29,8 @@ const PAUSE: u32 = 1;
 /// How often paused requests are checked while any are held.
 const TICK_MS: u32 = 10;
 
-/// How often held requests are checked for streams that ended (client reset or timeout), which frees their
-/// place under `maxActiveFaults`: one host call per held request.
-const SWEEP_MS: u64 = 100;
-
 /// How often, when several filter instances share the VM, the others are checked for having been deleted by
-/// Envoy (their policy is then dropped).
+/// Envoy without a `proxy_on_delete` reaching this VM (a backstop: their policy is then dropped).
 const ROOT_SWEEP_MS: u64 = 5_000;
 
 /// The property naming a request's filter instance, asked only when several share the VM.
@@ -114,12 +110,14 @@ impl Metrics {
 /// and when its tick next does each chore. Shared by its requests through `Rc`.
 struct Root {
     id: u32,
+    /// Its `plugin_name`, and a fingerprint of its pluginConfig.
+    name: Vec<u8>,
+    config_hash: u64,
     engine: Engine,
     metrics: Metrics,
     paused: RefCell<PausedSet>,
     rng: Cell<u64>,
     next_flush_ms: Cell<u64>,
-    next_sweep_ms: Cell<u64>,
     next_root_sweep_ms: Cell<u64>,
 }
 
@@ -142,6 +140,13 @@ thread_local! {
 
 fn root(id: u32) -> Option<Rc<Root>> {
     ROOTS.with(|r| r.borrow().get(id).cloned())
+}
+
+/// FNV-1a, to tell two configurations apart.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn define(kind: MetricType, name: &str) -> u32 {
@@ -240,29 +245,38 @@ fn configure(root_id: u32) -> bool {
     let now = host::now_ms();
     let root = Rc::new(Root {
         id: root_id,
+        config_hash: fingerprint(&config),
+        name,
         engine,
         metrics: m,
         paused: RefCell::new(PausedSet::default()),
         rng: Cell::new(now ^ 0x9e37_79b9_7f4a_7c15 | 1),
         next_flush_ms: Cell::new(0),
-        next_sweep_ms: Cell::new(0),
         next_root_sweep_ms: Cell::new(now + ROOT_SWEEP_MS),
     });
-    let (replaced, count) = ROOTS.with(|r| {
+    let (replaced, count, clash) = ROOTS.with(|r| {
         let mut roots = r.borrow_mut();
-        (roots.insert(root_id, &name, root.clone()), roots.len())
+        let clash = roots
+            .iter()
+            .any(|o| o.id != root_id && o.name == root.name && o.config_hash != root.config_hash);
+        let replaced = roots.insert(root_id, &root.name, root.clone());
+        (replaced, roots.len(), clash)
     });
-    // Requests still paused under the configuration this one replaces keep their place: this root's tick
-    // releases them.
-    for old in replaced {
+    // Requests still paused under this root's previous configuration keep their place.
+    if let Some(old) = replaced {
         old.metrics.flush();
         let held = std::mem::take(&mut *old.paused.borrow_mut());
         root.paused.borrow_mut().absorb(held);
     }
+    let name = String::from_utf8_lossy(&root.name);
     if count > 1 {
-        info!(
-            "ksit: {count} filter instances share this VM; requests are told apart by plugin_name ({})",
-            String::from_utf8_lossy(&name)
+        info!("ksit: {count} filter instances share this VM; requests are told apart by plugin_name ({name})");
+    }
+    if clash {
+        warn!(
+            "ksit: another filter instance in this VM is also named '{name}' with a different pluginConfig: \
+             requests go to the newest (expected while a configuration update drains; otherwise give each \
+             ksit filter its own name)"
         );
     }
     // The tick releases delays (every TICK_MS while any are held) and flushes the counters.
@@ -287,8 +301,8 @@ pub extern "C" fn ksit_on_tick(root_id: u32) {
     let mut due = Vec::new();
     root.paused.borrow_mut().take_due(now, &mut due);
     let mut moved = false;
-    // No borrow is held here: resuming runs the rest of the stream's filter chain, which may enter this VM
-    // again (another ksit filter instance).
+    // No borrow is held while resuming or answering (Envoy runs both after this call returns, but the
+    // registry and the paused sets stay free for whatever runs next anyway).
     for p in &due {
         host::increment(root.metrics.active_delays, -1);
         moved = true;
@@ -302,34 +316,20 @@ pub extern "C" fn ksit_on_tick(root_id: u32) {
             }
         }
     }
-    if now >= root.next_sweep_ms.get() {
-        root.next_sweep_ms.set(now + SWEEP_MS);
-        let mut paused = root.paused.borrow_mut();
-        if !paused.is_empty() {
-            moved = true;
-            let gone = paused.retain_alive(host::set_effective_context);
-            if gone > 0 {
-                host::increment(
-                    root.metrics.active_delays,
-                    -i64::try_from(gone).unwrap_or(i64::MAX),
-                );
-            }
-        }
-    }
     if now >= root.next_root_sweep_ms.get() {
         root.next_root_sweep_ms.set(now + ROOT_SWEEP_MS);
         moved |= sweep_roots(root_id);
     }
+    // The tick period is set on the effective context's root: this one again.
     if moved {
         host::set_effective_context(root_id);
     }
-    if root.paused.borrow().is_empty() {
-        host::set_tick_period_ms(FLUSH_MS);
-    }
+    let held = !root.paused.borrow().is_empty();
+    host::set_tick_period_ms(if held { TICK_MS } else { FLUSH_MS });
 }
 
-/// Drops the other roots Envoy has deleted (a filter removed from the configuration); true when it changed
-/// the effective context.
+/// Drops the other roots Envoy has deleted without telling this VM; true when it changed the effective
+/// context.
 fn sweep_roots(root_id: u32) -> bool {
     let others = ROOTS.with(|r| r.borrow().others(root_id));
     if others.is_empty() {
@@ -342,14 +342,56 @@ fn sweep_roots(root_id: u32) -> bool {
     if !dead.is_empty() {
         let dropped = ROOTS.with(|r| r.borrow_mut().retain(|id| !dead.contains(&id)));
         for d in dropped {
-            d.metrics.flush();
-            info!(
-                "ksit: filter instance {} was deleted; its policy is dropped",
-                d.id
-            );
+            retire(&d);
         }
     }
     true
+}
+
+/// A root that left (deleted by Envoy): its counts are handed to Envoy, and the requests it still holds go
+/// to the root now serving its name (or any other), which then ticks fast enough to release them; with no
+/// root left they are forgotten. Changes the effective context.
+fn retire(gone: &Root) {
+    gone.metrics.flush();
+    info!(
+        "ksit: filter instance {} ({}) was deleted",
+        gone.id,
+        String::from_utf8_lossy(&gone.name)
+    );
+    let held = std::mem::take(&mut *gone.paused.borrow_mut());
+    if held.is_empty() {
+        return;
+    }
+    match ROOTS.with(|r| r.borrow().heir(gone.id, &gone.name).cloned()) {
+        Some(heir) => {
+            heir.paused.borrow_mut().absorb(held);
+            if host::set_effective_context(heir.id) {
+                host::set_tick_period_ms(TICK_MS);
+            }
+        }
+        None => host::increment(
+            gone.metrics.active_delays,
+            -i64::try_from(held.len()).unwrap_or(i64::MAX),
+        ),
+    }
+}
+
+/// The end of a stream, or of a root. A stream a delay still holds (its client left, or it timed out)
+/// frees its place under maxActiveFaults at once.
+#[no_mangle]
+pub extern "C" fn ksit_on_delete(context_id: u32) {
+    if let Some(gone) = ROOTS.with(|r| r.borrow_mut().remove(context_id)) {
+        retire(&gone);
+        return;
+    }
+    ROOTS.with(|r| {
+        for root in r.borrow().iter() {
+            if root.paused.borrow_mut().remove(context_id) {
+                host::increment(root.metrics.active_delays, -1);
+                break;
+            }
+        }
+    });
 }
 
 fn abort(status: AbortStatus) {
@@ -391,7 +433,23 @@ pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _
     });
     match root {
         Some(root) => on_request_headers(&root, context_id, num_headers),
-        None => CONTINUE,
+        None => {
+            unserved();
+            CONTINUE
+        }
+    }
+}
+
+thread_local! {
+    static UNSERVED_LOGGED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A request no configured root serves (several share the VM and none has its `plugin_name`): it passes
+/// undecided, and no client's destination passes with it.
+fn unserved() {
+    host::remove_request_header(DESTINATION_HEADER);
+    if !UNSERVED_LOGGED.with(|l| l.replace(true)) {
+        warn!("ksit: a request's filter instance is not configured in this VM; passed undecided");
     }
 }
 
@@ -472,7 +530,9 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize) -> u32 {
             )
         };
         if held {
-            if was_empty {
+            // The tick period is set on the effective context's root, and this stream's root in Envoy
+            // may not be the one holding it (same name, e.g. a sidecar's inbound and outbound listeners).
+            if was_empty && host::set_effective_context(root.id) {
                 host::set_tick_period_ms(TICK_MS);
             }
             host::increment(m.active_delays, 1);

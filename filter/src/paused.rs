@@ -1,5 +1,5 @@
 //! Requests held by a delay fault on one worker: bounded, released by the root context's tick, and
-//! forgotten when the client goes away first (the tick checks, see `glue`).
+//! forgotten when the client goes away first.
 
 use ksit_policy::AbortStatus;
 
@@ -34,11 +34,15 @@ impl PausedSet {
         true
     }
 
-    /// Forgets the requests whose stream has ended (`alive` says false); returns how many.
-    pub fn retain_alive(&mut self, mut alive: impl FnMut(u32) -> bool) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|p| alive(p.context_id));
-        before - self.entries.len()
+    /// Forgets a request (its stream ended); true when it was still held.
+    pub fn remove(&mut self, context_id: u32) -> bool {
+        match self.entries.iter().position(|p| p.context_id == context_id) {
+            Some(i) => {
+                self.entries.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes over another set's requests (a root superseded by a new configuration).
@@ -81,8 +85,8 @@ mod tests {
         s.take_due(60, &mut due);
         assert_eq!(due, vec![p(2, 50)]);
         assert!(s.try_insert(p(3, 10), 2));
-        assert_eq!(s.retain_alive(|id| id != 1), 1, "stream 1 ended");
-        assert_eq!(s.retain_alive(|id| id != 1), 0);
+        assert!(s.remove(1), "stream 1 ended");
+        assert!(!s.remove(1));
         let mut other = PausedSet::default();
         assert!(other.try_insert(p(9, 20), 1));
         s.absorb(other);

@@ -1,15 +1,16 @@
 //! Which configured filter instance (root context) a request belongs to.
 //!
-//! The module exports no `proxy_on_context_create`, so Envoy enters the VM once per request
-//! (`proxy_on_request_headers`) instead of three times (create, headers, delete), and that call names the
-//! stream but not its root. Envoy shares one VM among every filter that loads the same module with the same
-//! VM settings (Istio: all WasmPlugins using the ksit module on a proxy), so a VM may hold several roots:
+//! The module exports no `proxy_on_context_create`, so Envoy enters the VM for a request's headers and its
+//! end, not also for its start, and neither call names the stream's root. Envoy shares one VM among every
+//! filter that loads the same module with the same VM settings (Istio: all WasmPlugins using the ksit module
+//! on a proxy), so a VM may hold several roots:
 //! - one root (the usual case): every request is its;
-//! - several: the request's `plugin_name` property (one host call) picks the root of that name.
+//! - several: the request's `plugin_name` property (one host call) picks the newest root of that name.
 //!
-//! A root configured under a name another root already has takes that name over (a configuration update
-//! creates a new root while the old one drains), together with the old root's paused requests. Roots Envoy
-//! has deleted are dropped by [`Roots::retain`] (the filter checks every few seconds).
+//! Several live roots may share a name: the same WasmPlugin on a sidecar's inbound and outbound listeners
+//! (same configuration), or a configuration update whose old root drains (the newest is the one to use).
+//! A root leaves the registry when Envoy deletes it (`proxy_on_delete` with its id), or when a check finds
+//! it gone.
 
 /// The configured roots of one VM, in registration order.
 #[derive(Debug)]
@@ -41,25 +42,50 @@ impl<T> Roots<T> {
         self.entries.is_empty()
     }
 
-    /// Registers root `id` as serving `name`. Returns the roots this one replaces: an earlier registration of
-    /// the same id (reconfigured) and any other root of the same name (superseded by a new configuration),
-    /// so their paused requests can be carried over.
-    pub fn insert(&mut self, id: u32, name: &[u8], root: T) -> Vec<T> {
-        let mut replaced = Vec::new();
-        let mut i = 0;
-        while i < self.entries.len() {
-            if self.entries[i].id == id || self.entries[i].name == name {
-                replaced.push(self.entries.remove(i).root);
-            } else {
-                i += 1;
-            }
-        }
+    /// Registers root `id` as serving `name`; returns the earlier registration of the same id, if any
+    /// (reconfigured), so its paused requests can be carried over.
+    pub fn insert(&mut self, id: u32, name: &[u8], root: T) -> Option<T> {
+        let old = self.remove(id);
         self.entries.push(Entry {
             id,
             name: name.to_vec(),
             root,
         });
-        replaced
+        old
+    }
+
+    /// Unregisters root `id`.
+    pub fn remove(&mut self, id: u32) -> Option<T> {
+        let i = self.entries.iter().position(|e| e.id == id)?;
+        Some(self.entries.remove(i).root)
+    }
+
+    /// The newest root named `name` other than `id`, else the newest other root: where a leaving root's
+    /// paused requests go.
+    pub fn heir(&self, id: u32, name: &[u8]) -> Option<&T> {
+        let others = || self.entries.iter().rev().filter(move |e| e.id != id);
+        others()
+            .find(|e| e.name == name)
+            .or_else(|| others().next())
+            .map(|e| &e.root)
+    }
+
+    /// The name root `id` serves.
+    pub fn name(&self, id: u32) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.name.as_slice())
+    }
+
+    /// Whether a root other than `id` serves `name`.
+    pub fn name_taken(&self, id: u32, name: &[u8]) -> bool {
+        self.entries.iter().any(|e| e.id != id && e.name == name)
+    }
+
+    /// Every root, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|e| &e.root)
     }
 
     /// Root `id`, if registered.
@@ -67,14 +93,18 @@ impl<T> Roots<T> {
         self.entries.iter().find(|e| e.id == id).map(|e| &e.root)
     }
 
-    /// The root serving a request: the only one, else the one named by `name()` (asked only then).
+    /// The root serving a request: the only one, else the newest named by `name()` (asked only then).
     pub fn for_request(&self, name: impl FnOnce() -> Option<Vec<u8>>) -> Option<&T> {
         match self.entries.as_slice() {
             [] => None,
             [only] => Some(&only.root),
             several => {
                 let name = name()?;
-                several.iter().find(|e| e.name == name).map(|e| &e.root)
+                several
+                    .iter()
+                    .rev()
+                    .find(|e| e.name == name)
+                    .map(|e| &e.root)
             }
         }
     }
@@ -116,7 +146,7 @@ mod tests {
     #[test]
     fn one_root_serves_every_request_without_asking_its_name() {
         let mut r = Roots::default();
-        assert!(r.insert(2, b"ns.a", "a").is_empty());
+        assert!(r.insert(2, b"ns.a", "a").is_none());
         let asked = Cell::new(false);
         let got = r.for_request(|| {
             asked.set(true);
@@ -140,19 +170,34 @@ mod tests {
         assert_eq!(r.others(5), vec![2]);
         assert!(r.any_other(5, |v| *v == "a"));
         assert!(!r.any_other(2, |v| *v == "a"), "itself does not count");
+        assert_eq!(r.name(5), Some(&b"ns.b"[..]));
     }
 
     #[test]
-    fn a_new_root_of_the_same_name_supersedes_the_old_one() {
+    fn roots_sharing_a_name_all_stay_and_the_newest_serves() {
         let mut r = Roots::default();
-        r.insert(2, b"ns.a", "a1");
+        r.insert(2, b"ns.a", "a-inbound");
         r.insert(3, b"ns.b", "b");
-        assert_eq!(r.insert(7, b"ns.a", "a2"), vec!["a1"]);
-        assert_eq!(r.get(2), None);
-        assert_eq!(r.for_request(|| Some(b"ns.a".to_vec())), Some(&"a2"));
+        assert!(r.insert(7, b"ns.a", "a-outbound").is_none());
+        assert_eq!(r.len(), 3, "a live root is never dropped for its name");
+        assert!(r.name_taken(7, b"ns.a"));
+        assert!(!r.name_taken(3, b"ns.b"));
+        assert_eq!(
+            r.for_request(|| Some(b"ns.a".to_vec())),
+            Some(&"a-outbound")
+        );
+        // Its heir: the other root of its name, else the newest other one.
+        assert_eq!(r.heir(7, b"ns.a"), Some(&"a-inbound"));
+        assert_eq!(r.heir(3, b"ns.b"), Some(&"a-outbound"));
+        assert_eq!(r.remove(7), Some("a-outbound"));
+        assert_eq!(r.for_request(|| Some(b"ns.a".to_vec())), Some(&"a-inbound"));
         // Reconfiguring a root replaces its own entry.
-        assert_eq!(r.insert(3, b"ns.b", "b2"), vec!["b"]);
+        assert_eq!(r.insert(3, b"ns.b", "b2"), Some("b"));
         assert_eq!(r.len(), 2);
+        assert_eq!(
+            r.iter().copied().collect::<Vec<_>>(),
+            vec!["a-inbound", "b2"]
+        );
     }
 
     #[test]
@@ -169,6 +214,7 @@ mod tests {
             Some(&"c"),
             "one left: no name needed"
         );
+        assert_eq!(r.heir(4, b"c"), None);
         r.retain(|_| false);
         assert!(r.is_empty());
         assert_eq!(r.for_request(|| Some(b"c".to_vec())), None);

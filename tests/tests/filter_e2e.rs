@@ -618,81 +618,148 @@ async fn merged_policies_route_each_host_by_its_own_policy() {
     }
 }
 
+/// Envoy with two listeners like the rig's: the first with `filter_a`, the second (on the returned port)
+/// with `filter_b`; `directions` sets their `traffic_direction`s.
+async fn two_listeners(
+    v: &str,
+    filter_a: &FilterConfig,
+    filter_b: Value,
+    directions: Option<(&str, &str)>,
+) -> (Envoy, Vec<Backend>, u16) {
+    let backends = start_all(&DESTS).await.unwrap();
+    let upstreams = backends
+        .iter()
+        .map(|b| Upstream {
+            destination: b.name.clone(),
+            addr: b.addr,
+        })
+        .collect();
+    let mut cfg = EnvoyConfig::new(v, upstreams);
+    cfg.default_destination = Some("passthrough".into());
+    cfg.filter = Some(filter_a.clone());
+    let second_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let envoy = Envoy::start_with(&cfg, |b: &mut Value| {
+        let listeners = b
+            .pointer_mut("/static_resources/listeners")
+            .unwrap()
+            .as_array_mut()
+            .unwrap();
+        let mut second = listeners[0].clone();
+        second["name"] = json!("second");
+        second["address"]["socket_address"]["port_value"] = json!(second_port);
+        let filters = second
+            .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
+            .unwrap()
+            .as_array_mut()
+            .unwrap();
+        let i = filters
+            .iter()
+            .position(|f| f["name"] == "envoy.filters.http.wasm")
+            .unwrap();
+        filters[i] = filter_b.clone();
+        if let Some((d0, d1)) = directions {
+            listeners[0]["traffic_direction"] = json!(d0);
+            second["traffic_direction"] = json!(d1);
+        }
+        listeners.push(second);
+    })
+    .await
+    .unwrap();
+    (envoy, backends, second_port)
+}
+
+/// A request to `c` that must reach `dest` after `delay`, and not much later: a delay is released by a 10 ms
+/// tick, while a root with nothing held ticks every 500 ms, so a release that waits for the wrong root's
+/// tick is up to ~450 ms late (for a 50 ms delay).
+async fn held_then_routed(c: &Client, id: &str, dest: &str, delay: Option<Duration>, v: &str) {
+    let started = std::time::Instant::now();
+    let r = c
+        .get("/api/x", &[("host", HOST), ("x-request-id", id)])
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.backend(), Some(dest), "{v}: {r:?}");
+    if let Some(d) = delay {
+        assert!(
+            took >= d && took < d + Duration::from_millis(200),
+            "{v}: held {took:?} for a {d:?} delay"
+        );
+    }
+}
+
+fn routed_to(dest: &str, delay_ms: Option<u64>) -> Value {
+    let mut p = seed_without_faults();
+    p["http"][0]["route"] = json!([{"destination": {"host": dest}, "weight": 100}]);
+    if let Some(ms) = delay_ms {
+        p["http"][0]["fault"] =
+            json!({"delay": {"fixedDelay": format!("{ms}ms"), "percentage": {"value": 100}}});
+    }
+    p
+}
+
 /// Two ksit filters that share one VM (same module and `vm_id`, as Istio does for every WasmPlugin that loads
 /// the ksit module on a proxy) each apply their own policy: the module keeps no per-stream context, so a
 /// request finds its filter instance by `plugin_name`. The second one also delays, so its own tick must
-/// release its requests.
+/// release its requests, on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_sharing_a_vm_each_apply_their_own_policy() {
-    let only = |dest: &str| {
-        let mut p = seed_without_faults();
-        p["http"][0]["route"] = json!([{"destination": {"host": dest}, "weight": 100}]);
-        p
-    };
-    let policy_a = only("api-service-v1");
-    let mut policy_b = only("api-service-v2");
-    policy_b["http"][0]["fault"] =
-        json!({"delay": {"fixedDelay": "300ms", "percentage": {"value": 100}}});
+    let delay = Duration::from_millis(50);
     for v in envoy_versions() {
-        let backends = start_all(&DESTS).await.unwrap();
-        let upstreams = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
-        let mut cfg = EnvoyConfig::new(&v, upstreams);
-        cfg.default_destination = Some("passthrough".into());
-        cfg.filter = Some(FilterConfig::new(&policy_a).unwrap());
-        let second_port = std::net::TcpListener::bind("127.0.0.1:0")
+        let a = FilterConfig::new(&routed_to("api-service-v1", None)).unwrap();
+        let mut b = FilterConfig::new(&routed_to("api-service-v2", Some(50)))
             .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut filter_b = FilterConfig::new(&policy_b).unwrap().http_filter();
-        filter_b["typed_config"]["config"]["name"] = json!("ksit-b");
-        let envoy = Envoy::start_with(&cfg, |b: &mut Value| {
-            let listeners = b
-                .pointer_mut("/static_resources/listeners")
-                .unwrap()
-                .as_array_mut()
-                .unwrap();
-            let mut second = listeners[0].clone();
-            second["name"] = json!("second");
-            second["address"]["socket_address"]["port_value"] = json!(second_port);
-            let filters = second
-                .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
-                .unwrap()
-                .as_array_mut()
-                .unwrap();
-            let i = filters
-                .iter()
-                .position(|f| f["name"] == "envoy.filters.http.wasm")
-                .unwrap();
-            filters[i] = filter_b.clone();
-            listeners.push(second);
-        })
-        .await
-        .unwrap();
-        let a = Client::new(&envoy.base_url());
-        let b = Client::new(&format!("http://127.0.0.1:{second_port}"));
+            .http_filter();
+        b["typed_config"]["config"]["name"] = json!("ksit-b");
+        let (envoy, _backends, second_port) = two_listeners(&v, &a, b, None).await;
+        let ca = Client::new(&envoy.base_url());
+        let cb = Client::new(&format!("http://127.0.0.1:{second_port}"));
         for i in 0..10 {
             let id = format!("shared-{i}");
-            let h = [("host", HOST), ("x-request-id", id.as_str())];
-            let ra = a.get("/api/x", &h).await.unwrap();
-            assert_eq!(ra.backend(), Some("api-service-v1"), "{v}: {ra:?}");
-            let started = std::time::Instant::now();
-            let rb = b.get("/api/x", &h).await.unwrap();
-            assert_eq!(rb.backend(), Some("api-service-v2"), "{v}: {rb:?}");
-            assert!(
-                started.elapsed() >= Duration::from_millis(300),
-                "{v}: the second filter's delay was not applied"
-            );
+            held_then_routed(&ca, &id, "api-service-v1", None, &v).await;
+            held_then_routed(&cb, &id, "api-service-v2", Some(delay), &v).await;
         }
         assert!(
             envoy.log().contains("2 filter instances share this VM"),
             "{v}: the two filters did not share a VM, so this test proves nothing:\n{}",
+            envoy.log_tail(30)
+        );
+    }
+}
+
+/// Two live roots with one name in one VM (a name reused with another configuration; also the shape of a
+/// configuration update while the old root drains). Requests on both listeners are served by the newest
+/// root, and their delays are released on time although Envoy ticks each root separately: the root holding
+/// a request is made to tick fast, not the root Envoy created the stream under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_named_filters_in_one_vm_release_delays_on_time() {
+    let delay = Duration::from_millis(50);
+    for v in envoy_versions() {
+        let policy = routed_to("api-service-v2", Some(50));
+        let f = FilterConfig::new(&policy).unwrap();
+        // Another configuration (an extra rule) that decides /api the same way.
+        let mut other = policy.clone();
+        other["http"].as_array_mut().unwrap().push(
+            json!({"name": "extra", "match": [{"uri": {"prefix": "/extra"}}],
+                         "route": [{"destination": {"host": "web-service"}}]}),
+        );
+        let same_name = FilterConfig::new(&other).unwrap().http_filter();
+        let (envoy, _backends, second_port) = two_listeners(&v, &f, same_name, None).await;
+        let c1 = Client::new(&envoy.base_url());
+        let c2 = Client::new(&format!("http://127.0.0.1:{second_port}"));
+        for i in 0..12 {
+            let id = format!("both-{i}");
+            held_then_routed(&c1, &id, "api-service-v2", Some(delay), &v).await;
+            held_then_routed(&c2, &id, "api-service-v2", Some(delay), &v).await;
+        }
+        let log = envoy.log();
+        assert!(
+            log.contains("2 filter instances share this VM")
+                && log.contains("also named 'ksit' with a different pluginConfig"),
+            "{v}: expected two roots named ksit, warned about:\n{}",
             envoy.log_tail(30)
         );
     }

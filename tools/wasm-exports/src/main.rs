@@ -2,7 +2,7 @@
 //!
 //! Envoy calls every callback a module exports, and each call into the VM costs about a microsecond. The
 //! proxy-wasm SDK exports all of them (response headers, bodies, trailers, network callbacks…) through its
-//! dispatcher, which also needs a context created and deleted for every stream. The filter brings its own
+//! dispatcher, which also needs a context created for every stream. The filter brings its own
 //! entry points (`ksit_on_*`, see filter/src/glue.rs); this step exports them under their proxy-wasm names
 //! in place of the SDK's, drops every other callback, and lets unreachable code go with them.
 
@@ -17,12 +17,14 @@ pub const KEEP: [&str; 5] = [
     "proxy_abi_version_0_2_1",
 ];
 
-/// The filter's entry points and the names Envoy calls them by; all must be present.
-pub const RENAME: [(&str, &str); 4] = [
-    ("ksit_on_vm_start", "proxy_on_vm_start"),
-    ("ksit_on_configure", "proxy_on_configure"),
-    ("ksit_on_tick", "proxy_on_tick"),
-    ("ksit_on_request_headers", "proxy_on_request_headers"),
+/// The filter's entry points, the names Envoy calls them by, and their signatures (number of i32
+/// parameters, number of i32 results); all must be present.
+pub const RENAME: [(&str, &str, usize, usize); 5] = [
+    ("ksit_on_vm_start", "proxy_on_vm_start", 2, 1),
+    ("ksit_on_configure", "proxy_on_configure", 2, 1),
+    ("ksit_on_tick", "proxy_on_tick", 1, 0),
+    ("ksit_on_request_headers", "proxy_on_request_headers", 3, 1),
+    ("ksit_on_delete", "proxy_on_delete", 1, 0),
 ];
 
 fn main() -> ExitCode {
@@ -60,24 +62,36 @@ fn list(input: &str) -> anyhow::Result<()> {
 
 fn strip(input: &str, output: &str) -> anyhow::Result<()> {
     let mut m = walrus::Module::from_file(input)?;
-    for (from, _) in RENAME {
+    for (from, _, params, results) in RENAME {
+        let Some(walrus::ExportItem::Function(f)) =
+            m.exports.iter().find(|e| e.name == from).map(|e| e.item)
+        else {
+            anyhow::bail!("{input} does not export a function {from}: is it the ksit filter?");
+        };
+        let ty = m.types.get(m.funcs.get(f).ty());
+        let all_i32 = |v: &[walrus::ValType]| v.iter().all(|t| *t == walrus::ValType::I32);
         anyhow::ensure!(
-            m.exports.iter().any(|e| e.name == from),
-            "{input} does not export {from}: is it the ksit filter?"
+            ty.params().len() == params
+                && ty.results().len() == results
+                && all_i32(ty.params())
+                && all_i32(ty.results()),
+            "{from} has type {:?} -> {:?}; Envoy calls it with {params} i32 argument(s) and {results} i32 result(s)",
+            ty.params(),
+            ty.results()
         );
     }
     let drop: Vec<(walrus::ExportId, String)> = m
         .exports
         .iter()
-        .filter(|e| !KEEP.contains(&e.name.as_str()) && !RENAME.iter().any(|(f, _)| *f == e.name))
+        .filter(|e| !KEEP.contains(&e.name.as_str()) && !RENAME.iter().any(|r| r.0 == e.name))
         .map(|e| (e.id(), e.name.clone()))
         .collect();
     for (id, _) in &drop {
         m.exports.delete(*id);
     }
     for e in m.exports.iter_mut() {
-        if let Some((_, to)) = RENAME.iter().find(|(f, _)| *f == e.name) {
-            e.name = (*to).to_string();
+        if let Some(r) = RENAME.iter().find(|r| r.0 == e.name) {
+            e.name = r.1.to_string();
         }
     }
     walrus::passes::gc::run(&mut m);
