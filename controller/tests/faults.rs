@@ -379,3 +379,58 @@ async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() 
     second.abort();
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// A leader whose Lease renewals hang (the hub answering slower than two thirds of the Lease) stops its work
+/// at the renewal deadline, before any other replica may take the Lease over; once the hub answers in time
+/// again it leads and syncs again. Without the deadline the slow renewal would succeed late and the leader
+/// would go on writing on a Lease others already see as expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_hang_stops_at_the_renewal_deadline() {
+    capture_logs();
+    let Some(s) = setup(true).await else { return };
+    let (c1, c2) = (&s.members[0], &s.members[1]);
+    let id = "slow-hub";
+    let lines = |what: &str| {
+        LOGS.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&format!("{id} {what}")))
+            .count()
+    };
+    let controller = tokio::spawn(run_async(args(&s, id)));
+    wait_for("initial sync", Duration::from_secs(15), || {
+        canary_weight(c1) == Some(10) && canary_weight(c2) == Some(10)
+    })
+    .await;
+    assert_eq!(lines("is the leader"), 1);
+    // The Lease is 3 s: renewals every second, given up 2 s after the last success. Every hub call now
+    // takes 2.5 s.
+    s.hub.faults().set_latency(Duration::from_millis(2500));
+    let slow_since = std::time::Instant::now();
+    wait_for(
+        "the leader gives up at the renewal deadline",
+        Duration::from_secs(4),
+        || lines("could not renew the leader Lease in time") >= 1,
+    )
+    .await;
+    assert!(
+        slow_since.elapsed() < Duration::from_secs(3),
+        "gave up {:?} after the hub slowed down: later than the Lease (3 s) could have run out",
+        slow_since.elapsed()
+    );
+    s.hub.faults().set_latency(Duration::ZERO);
+    wait_for("leading again", Duration::from_secs(15), || {
+        lines("is the leader") >= 2
+    })
+    .await;
+    set_canary_weight(&s.hub, 33);
+    wait_for(
+        "the new leadership syncs a change",
+        Duration::from_secs(15),
+        || canary_weight(c1) == Some(33) && canary_weight(c2) == Some(33),
+    )
+    .await;
+    controller.abort();
+    let _ = controller.await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
