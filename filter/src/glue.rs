@@ -416,23 +416,26 @@ fn abort(status: AbortStatus) {
     }
 }
 
-/// Whether another filter instance in this VM governs `host`.
-fn governed_elsewhere(root_id: u32, host: &[u8]) -> bool {
-    ROOTS.with(|r| r.borrow().any_other(root_id, |o| o.engine.governs(host)))
-}
+/// The stream's filter state entry (`wasm.ksit_destination`) where a ksit filter records the destination it
+/// set, while several filter instances share the VM (two WasmPlugins on one proxy may put two in one
+/// chain): a later one in the chain then knows the header is not a client's. Clients cannot write filter
+/// state, and each filter of a chain has its own context, so the stream's state is what they share.
+const DECIDED_PROPERTY: &[u8] = b"ksit_destination";
 
 #[no_mangle]
 pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _eos: u32) -> u32 {
     if bench_stop(0) {
         return CONTINUE;
     }
-    let root = ROOTS.with(|r| {
-        r.borrow()
-            .for_request(|| host::property(PLUGIN_NAME))
-            .cloned()
+    let (root, several) = ROOTS.with(|r| {
+        let roots = r.borrow();
+        (
+            roots.for_request(|| host::property(PLUGIN_NAME)).cloned(),
+            roots.len() > 1,
+        )
     });
     match root {
-        Some(root) => on_request_headers(&root, context_id, num_headers),
+        Some(root) => on_request_headers(&root, context_id, num_headers, several),
         None => {
             unserved();
             CONTINUE
@@ -453,7 +456,7 @@ fn unserved() {
     }
 }
 
-fn on_request_headers(root: &Root, context_id: u32, num_headers: usize) -> u32 {
+fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several: bool) -> u32 {
     let Some(buf) = host::request_headers() else {
         return CONTINUE;
     };
@@ -466,17 +469,16 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize) -> u32 {
     if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
         core::arch::wasm32::unreachable();
     }
-    let has_destination = pairs
+    let destination = pairs
         .iter()
-        .any(|(n, _)| *n == DESTINATION_HEADER.as_bytes());
-    let req = Request::new(&pairs);
-    let d = root.engine.decide(&req, root.entropy());
-    // A destination already on the request is a client's (replaced or removed) on the hosts this filter
-    // governs, and on hosts no ksit filter in this VM governs. On a host another ksit filter governs (two
-    // WasmPlugins on one proxy) it is left to that one: if earlier in the chain it has just set it, if later
-    // it will replace or remove it.
-    let spoofed =
-        has_destination && (d.policy.is_some() || !governed_elsewhere(root.id, req.host()));
+        .find(|(n, _)| *n == DESTINATION_HEADER.as_bytes())
+        .map(|(_, v)| *v);
+    let d = root.engine.decide(&Request::new(&pairs), root.entropy());
+    // A destination already on the request is a client's (replaced or removed), unless an earlier ksit
+    // filter in this chain set it.
+    let spoofed = destination.is_some_and(|v| {
+        !(several && host::property(DECIDED_PROPERTY).is_some_and(|set| set == v))
+    });
     let m = &root.metrics;
     if bench_stop(2) {
         return CONTINUE;
@@ -484,6 +486,9 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize) -> u32 {
     match (d.rule, d.destination) {
         (Some(rule), Some(dest)) => {
             host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
+            if several {
+                host::set_property(DECIDED_PROPERTY, dest.key.as_bytes());
+            }
             if bench_stop(3) {
                 return CONTINUE;
             }

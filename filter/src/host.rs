@@ -24,6 +24,12 @@ extern "C" {
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_len: usize,
+        value: *const u8,
+        value_len: usize,
+    ) -> u32;
     fn proxy_get_property(
         path: *const u8,
         path_len: usize,
@@ -72,6 +78,12 @@ pub fn property(path: &[u8]) -> Option<Vec<u8>> {
         }
         Some(Vec::from_raw_parts(data, size, size))
     }
+}
+
+/// Sets a property of the current stream (Envoy keeps it in the stream's filter state as `wasm.PATH`).
+pub fn set_property(path: &[u8], value: &[u8]) -> bool {
+    // SAFETY: pointers and lengths describe live slices for the duration of the call.
+    unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) == OK }
 }
 
 pub fn set_request_header(name: &str, value: &[u8]) -> bool {

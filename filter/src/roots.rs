@@ -118,11 +118,6 @@ impl<T> Roots<T> {
             .collect()
     }
 
-    /// Whether a root other than `id` satisfies `f`.
-    pub fn any_other(&self, id: u32, mut f: impl FnMut(&T) -> bool) -> bool {
-        self.entries.iter().any(|e| e.id != id && f(&e.root))
-    }
-
     /// Drops the roots whose id `keep` rejects; returns them.
     pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) -> Vec<T> {
         let mut dropped = Vec::new();
@@ -168,8 +163,6 @@ mod tests {
         assert_eq!(r.for_request(|| None), None, "name unreadable");
         assert_eq!(r.get(5), Some(&"b"));
         assert_eq!(r.others(5), vec![2]);
-        assert!(r.any_other(5, |v| *v == "a"));
-        assert!(!r.any_other(2, |v| *v == "a"), "itself does not count");
         assert_eq!(r.name(5), Some(&b"ns.b"[..]));
     }
 

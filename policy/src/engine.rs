@@ -546,11 +546,6 @@ impl Engine {
         self.rule_count
     }
 
-    /// Whether one of these policies governs `host` (a request's host without its port).
-    pub fn governs(&self, host: &[u8]) -> bool {
-        self.policy_for(host).is_some()
-    }
-
     /// The policy whose hosts cover this request's host: exact name first, then the longest wildcard suffix,
     /// then `*`. The port is ignored and names compare case-insensitively.
     fn policy_for(&self, host: &[u8]) -> Option<&CompiledPolicy> {

@@ -71,13 +71,6 @@ fn host_semantics() {
     assert_eq!(d("x.b.example.com"), "deeper");
     assert_eq!(d("example.com"), "all");
     assert_eq!(d("other.org:80"), "all");
-    // governs: the same host lookup, without a request.
-    let seed = engine(seed_spec());
-    assert!(seed.governs(b"myapp.example.com"));
-    assert!(seed.governs(b"MyApp.Example.com."));
-    assert!(!seed.governs(b"other.example.com"));
-    assert!(!seed.governs(b""));
-    assert!(e.governs(b"anything.org"), "* governs every host");
 }
 
 #[test]
