@@ -119,3 +119,81 @@ async fn bad_ecds_update_is_rejected_and_the_previous_policy_keeps_serving() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A root that Envoy deletes while a request it decided is still held hands the request to the root that
+/// now serves its name, which releases it. Set-up: the same filter name on two listeners in one VM, the
+/// second one's filter from ECDS and newer, so it decides (and holds) requests of both listeners; an ECDS
+/// update then replaces it, and Envoy deletes it while it holds a request of the first listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_root_hands_its_held_requests_over() {
+    for v in envoy_versions() {
+        let backends = start_all(&["api-service-v1", "api-service-v2", "web-service"])
+            .await
+            .unwrap();
+        let ups = backends
+            .iter()
+            .map(|b| Upstream {
+                destination: b.name.clone(),
+                addr: b.addr,
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("ksit-ecds-held-{}-{v}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ecds = dir.join("ecds.json");
+        // The static filter never delays; the discovered one (newer, so it decides) holds /api for 1.5 s.
+        let mut held = canary(100);
+        held["http"][0]["fault"] =
+            json!({"delay": {"fixedDelay": "1500ms", "percentage": {"value": 100}}});
+        publish(&ecds, &wasm_filter(&held));
+        let mut cfg = EnvoyConfig::new(&v, ups);
+        cfg.filter = Some(FilterConfig::new(&canary(0)).unwrap());
+        let second_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hook = ecds.clone();
+        let envoy = Envoy::start_with(&cfg, move |b: &mut Value| {
+            b["node"] = json!({"id": "ksit-test", "cluster": "ksit-test"});
+            let listeners = b
+                .pointer_mut("/static_resources/listeners")
+                .unwrap()
+                .as_array_mut()
+                .unwrap();
+            let mut second = listeners[0].clone();
+            second["name"] = json!("second");
+            second["address"]["socket_address"]["port_value"] = json!(second_port);
+            second["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] = json!({
+                "name": "ksit", "config_discovery": {
+                "config_source": {"path_config_source": {"path": hook.to_string_lossy()}, "resource_api_version": "V3"},
+                "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}});
+            listeners.push(second);
+        })
+        .await
+        .unwrap();
+        let c = Client::new(&envoy.base_url()).with_timeout(Duration::from_secs(8));
+        // Held by the discovered filter's root although it came to the static listener.
+        let started = Instant::now();
+        let request = tokio::spawn(async move {
+            c.get("/api/x", &[("host", HOST), ("x-request-id", "held")])
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deleted_before = envoy.log().matches("was deleted").count();
+        publish(&ecds, &wasm_filter(&canary(100)));
+        let r = request.await.unwrap().unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.backend(), Some("api-service-v2"), "{v}: {r:?}");
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_millis(2500),
+            "{v}: held {took:?} for a 1.5 s delay:\n{}",
+            envoy.log_tail(30)
+        );
+        assert!(
+            envoy.log().matches("was deleted").count() > deleted_before,
+            "{v}: the replaced root was not deleted while the request was held, so this proves nothing:\n{}",
+            envoy.log_tail(30)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
