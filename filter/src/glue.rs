@@ -10,7 +10,7 @@
 //! logger and the configure-time host calls.
 
 use crate::paused::{Paused, PausedSet};
-use crate::roots::Roots;
+use crate::roots::{Registered, Roots};
 use crate::{header_map, host, metrics};
 use ksit_policy::{AbortStatus, Engine, Request, DESTINATION_HEADER};
 use log::{error, info, warn};
@@ -133,6 +133,15 @@ impl Root {
     }
 }
 
+impl Registered for Rc<Root> {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn name(&self) -> &[u8] {
+        &self.name
+    }
+}
+
 thread_local! {
     /// The VM's configured roots (one VM runs on one thread).
     static ROOTS: RefCell<Roots<Rc<Root>>> = RefCell::new(Roots::default());
@@ -194,7 +203,7 @@ fn configure(root_id: u32) -> bool {
                 e.errors.len()
             );
             host::increment(errors, 1);
-            // Not registered: a root this one would have superseded keeps serving.
+            // Not registered: the roots already configured keep serving.
             return false;
         }
     };
@@ -259,7 +268,7 @@ fn configure(root_id: u32) -> bool {
         let clash = roots
             .iter()
             .any(|o| o.id != root_id && o.name == root.name && o.config_hash != root.config_hash);
-        let replaced = roots.insert(root_id, &root.name, root.clone());
+        let replaced = roots.insert(root.clone());
         (replaced, roots.len(), clash)
     });
     // Requests still paused under this root's previous configuration keep their place.
@@ -288,7 +297,7 @@ fn configure(root_id: u32) -> bool {
 #[no_mangle]
 pub extern "C" fn ksit_on_tick(root_id: u32) {
     let Some(root) = root(root_id) else {
-        // Superseded by a newer configuration (which took its paused requests) or never configured.
+        // Removed from the registry (deleted, its held requests handed over) or never configured.
         host::set_tick_period_ms(0);
         return;
     };
@@ -536,7 +545,7 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
         };
         if held {
             // The tick period is set on the effective context's root, and this stream's root in Envoy
-            // may not be the one holding it (same name, e.g. a sidecar's inbound and outbound listeners).
+            // may not be the one holding it (two live roots of one name: the newest decides for both).
             if was_empty && host::set_effective_context(root.id) {
                 host::set_tick_period_ms(TICK_MS);
             }

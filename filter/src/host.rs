@@ -49,35 +49,34 @@ extern "C" {
     ) -> u32;
 }
 
-/// All request headers in one serialized buffer (owned; parse with `header_map::parse`).
-pub fn request_headers() -> Option<Vec<u8>> {
+/// The buffer a host call hands over: `call` gets where the host writes the pointer and size of a buffer
+/// it allocated through the SDK's exported allocator. `None` when the call fails; empty when the host
+/// returns no bytes.
+fn host_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: the host writes a pointer to `size` bytes it allocated through the SDK's exported allocator
-    // (a boxed slice of exactly `size` bytes), whose ownership passes to us.
-    unsafe {
-        if proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) != OK || data.is_null()
-        {
-            return None;
-        }
-        Some(Vec::from_raw_parts(data, size, size))
+    if call(&mut data, &mut size) != OK {
+        return None;
     }
+    if data.is_null() {
+        return (size == 0).then(Vec::new);
+    }
+    // SAFETY: the host allocated `size` bytes through the SDK's allocator (a boxed slice of exactly
+    // `size` bytes), whose ownership passes to us.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// All request headers in one serialized buffer (owned; parse with `header_map::parse`).
+pub fn request_headers() -> Option<Vec<u8>> {
+    // SAFETY: the out-pointers are live for the call.
+    host_buffer(|data, size| unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, data, size) })
+        .filter(|b| !b.is_empty())
 }
 
 /// A property of the current context (`path`: its segments joined by NUL), e.g. `plugin_name`.
 pub fn property(path: &[u8]) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as for `request_headers`: the host hands over a buffer of `size` bytes from our allocator.
-    unsafe {
-        if proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) != OK {
-            return None;
-        }
-        if data.is_null() {
-            return (size == 0).then(Vec::new);
-        }
-        Some(Vec::from_raw_parts(data, size, size))
-    }
+    // SAFETY: `path` and the out-pointers are live for the call.
+    host_buffer(|data, size| unsafe { proxy_get_property(path.as_ptr(), path.len(), data, size) })
 }
 
 /// Sets a property of the current stream (Envoy keeps it in the stream's filter state as `wasm.PATH`).

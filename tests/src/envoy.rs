@@ -122,6 +122,54 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
+impl Upstream {
+    /// One upstream per backend, routed to by the backend's name.
+    pub fn for_backends(backends: &[crate::backend::Backend]) -> Vec<Upstream> {
+        backends
+            .iter()
+            .map(|b| Upstream {
+                destination: b.name.clone(),
+                addr: b.addr,
+            })
+            .collect()
+    }
+}
+
+/// A port free on 127.0.0.1 right now (for a listener a bootstrap names before Envoy binds it).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Adds to `bootstrap` a copy of its first listener, named `name`, on `port`, with its ksit filter entry
+/// (`envoy.filters.http.wasm`) replaced by `filter` (another filter, or a `config_discovery` entry).
+pub fn add_listener_copy(bootstrap: &mut Value, name: &str, port: u16, filter: Value) {
+    let Some(listeners) = bootstrap
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    let Some(mut copy) = listeners.first().cloned() else {
+        return;
+    };
+    copy["name"] = json!(name);
+    copy["address"]["socket_address"]["port_value"] = json!(port);
+    if let Some(filters) = copy
+        .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
+        .and_then(Value::as_array_mut)
+    {
+        if let Some(f) = filters
+            .iter_mut()
+            .find(|f| f["name"] == "envoy.filters.http.wasm")
+        {
+            *f = filter;
+        }
+    }
+    listeners.push(copy);
+}
+
 /// The ksit Wasm filter in the HTTP filter chain (`envoy.filters.http.wasm`, V8 runtime).
 ///
 /// Build it with [`FilterConfig::new`] (a JSON value) or [`FilterConfig::raw`] (any text, e.g. invalid JSON)

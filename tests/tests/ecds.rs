@@ -1,10 +1,13 @@
 //! A pluginConfig update delivered through ECDS (Envoy's extension config discovery, here from a watched
-//! file): a good update takes effect, a bad one is rejected and the previous policy keeps serving.
+//! file): a good update takes effect, a bad one is rejected and the previous policy keeps serving, and a
+//! root the update replaces hands the requests it holds over.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ksit_tests::backend::start_all;
+use ksit_tests::backend::{start_all, Backend};
 use ksit_tests::client::Client;
-use ksit_tests::envoy::{envoy_versions, Envoy, EnvoyConfig, FilterConfig, Upstream};
+use ksit_tests::envoy::{
+    add_listener_copy, envoy_versions, free_port, Envoy, EnvoyConfig, FilterConfig, Upstream,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +28,30 @@ fn wasm_filter(policy: &Value) -> Value {
         "name": "ksit", "root_id": "ksit",
         "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": policy.to_string()},
         "vm_config": {"vm_id": "ksit", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": f.wasm.to_string_lossy()}}}}})
+}
+
+/// The ksit filter entry that loads its configuration from the ECDS file at `path`.
+fn discovered(path: &Path) -> Value {
+    json!({"name": "ksit", "config_discovery": {
+        "config_source": {"path_config_source": {"path": path.to_string_lossy()}, "resource_api_version": "V3"},
+        "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}})
+}
+
+/// Backends for the canary's destinations, and Envoy's settings routing to them with `policy` in a static
+/// filter; plus a fresh directory for the ECDS file (`tag` names it).
+async fn backends_and_config(
+    v: &str,
+    policy: &Value,
+    tag: &str,
+) -> (Vec<Backend>, EnvoyConfig, std::path::PathBuf) {
+    let backends = start_all(&["api-service-v1", "api-service-v2", "web-service"])
+        .await
+        .unwrap();
+    let mut cfg = EnvoyConfig::new(v, Upstream::for_backends(&backends));
+    cfg.filter = Some(FilterConfig::new(policy).unwrap());
+    let dir = std::env::temp_dir().join(format!("ksit-{tag}-{}-{v}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (backends, cfg, dir)
 }
 
 fn canary(weight: i64) -> Value {
@@ -54,30 +81,15 @@ async fn canary_share(c: &Client, tag: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ecds_update_is_rejected_and_the_previous_policy_keeps_serving() {
     for v in envoy_versions() {
-        let backends = start_all(&["api-service-v1", "api-service-v2", "web-service"])
-            .await
-            .unwrap();
-        let ups = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
-        let dir = std::env::temp_dir().join(format!("ksit-ecds-{}-{v}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let (_backends, cfg, dir) = backends_and_config(&v, &canary(0), "ecds").await;
         let ecds = dir.join("ecds.json");
         publish(&ecds, &wasm_filter(&canary(0)));
-        let mut cfg = EnvoyConfig::new(&v, ups);
-        cfg.filter = Some(FilterConfig::new(&canary(0)).unwrap());
         // Swap the static Wasm filter for one discovered from the file.
         let bootstrap_hook = ecds.clone();
         let envoy = Envoy::start_with(&cfg, move |b: &mut Value| {
             b["node"] = json!({"id": "ksit-test", "cluster": "ksit-test"});
             let filters = b.pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters").unwrap();
-            filters[0] = json!({"name": "ksit", "config_discovery": {
-                "config_source": {"path_config_source": {"path": bootstrap_hook.to_string_lossy()}, "resource_api_version": "V3"},
-                "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}});
+            filters[0] = discovered(&bootstrap_hook);
         })
         .await
         .unwrap();
@@ -127,47 +139,19 @@ async fn bad_ecds_update_is_rejected_and_the_previous_policy_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_root_hands_its_held_requests_over() {
     for v in envoy_versions() {
-        let backends = start_all(&["api-service-v1", "api-service-v2", "web-service"])
-            .await
-            .unwrap();
-        let ups = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
-        let dir = std::env::temp_dir().join(format!("ksit-ecds-held-{}-{v}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // The static filter never delays.
+        let (_backends, cfg, dir) = backends_and_config(&v, &canary(0), "ecds-held").await;
         let ecds = dir.join("ecds.json");
-        // The static filter never delays; the discovered one (newer, so it decides) holds /api for 1.5 s.
+        // The discovered one (newer, so it decides) holds /api for 1.5 s.
         let mut held = canary(100);
         held["http"][0]["fault"] =
             json!({"delay": {"fixedDelay": "1500ms", "percentage": {"value": 100}}});
         publish(&ecds, &wasm_filter(&held));
-        let mut cfg = EnvoyConfig::new(&v, ups);
-        cfg.filter = Some(FilterConfig::new(&canary(0)).unwrap());
-        let second_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let second_port = free_port().unwrap();
         let hook = ecds.clone();
         let envoy = Envoy::start_with(&cfg, move |b: &mut Value| {
             b["node"] = json!({"id": "ksit-test", "cluster": "ksit-test"});
-            let listeners = b
-                .pointer_mut("/static_resources/listeners")
-                .unwrap()
-                .as_array_mut()
-                .unwrap();
-            let mut second = listeners[0].clone();
-            second["name"] = json!("second");
-            second["address"]["socket_address"]["port_value"] = json!(second_port);
-            second["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] = json!({
-                "name": "ksit", "config_discovery": {
-                "config_source": {"path_config_source": {"path": hook.to_string_lossy()}, "resource_api_version": "V3"},
-                "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}});
-            listeners.push(second);
+            add_listener_copy(b, "second", second_port, discovered(&hook));
         })
         .await
         .unwrap();

@@ -6,7 +6,8 @@ use ksit_policy::{Engine, Request};
 use ksit_tests::backend::{start_all, Backend};
 use ksit_tests::client::{abandon, Client};
 use ksit_tests::envoy::{
-    envoy_versions, prom_value, validate, Envoy, EnvoyConfig, FilterConfig, Upstream,
+    add_listener_copy, envoy_versions, free_port, prom_value, validate, Envoy, EnvoyConfig,
+    FilterConfig, Upstream,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -28,13 +29,7 @@ struct Rig {
 impl Rig {
     async fn start(version: &str, policy: &Value, env: &[(&str, &str)], concurrency: u32) -> Rig {
         let backends = start_all(&DESTS).await.unwrap();
-        let upstreams = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
+        let upstreams = Upstream::for_backends(&backends);
         let mut cfg = EnvoyConfig::new(version, upstreams);
         cfg.concurrency = concurrency;
         cfg.default_destination = Some("passthrough".into());
@@ -619,53 +614,19 @@ async fn merged_policies_route_each_host_by_its_own_policy() {
 }
 
 /// Envoy with two listeners like the rig's: the first with `filter_a`, the second (on the returned port)
-/// with `filter_b`; `directions` sets their `traffic_direction`s.
+/// with `filter_b`.
 async fn two_listeners(
     v: &str,
     filter_a: &FilterConfig,
     filter_b: Value,
-    directions: Option<(&str, &str)>,
 ) -> (Envoy, Vec<Backend>, u16) {
     let backends = start_all(&DESTS).await.unwrap();
-    let upstreams = backends
-        .iter()
-        .map(|b| Upstream {
-            destination: b.name.clone(),
-            addr: b.addr,
-        })
-        .collect();
-    let mut cfg = EnvoyConfig::new(v, upstreams);
+    let mut cfg = EnvoyConfig::new(v, Upstream::for_backends(&backends));
     cfg.default_destination = Some("passthrough".into());
     cfg.filter = Some(filter_a.clone());
-    let second_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let second_port = free_port().unwrap();
     let envoy = Envoy::start_with(&cfg, |b: &mut Value| {
-        let listeners = b
-            .pointer_mut("/static_resources/listeners")
-            .unwrap()
-            .as_array_mut()
-            .unwrap();
-        let mut second = listeners[0].clone();
-        second["name"] = json!("second");
-        second["address"]["socket_address"]["port_value"] = json!(second_port);
-        let filters = second
-            .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
-            .unwrap()
-            .as_array_mut()
-            .unwrap();
-        let i = filters
-            .iter()
-            .position(|f| f["name"] == "envoy.filters.http.wasm")
-            .unwrap();
-        filters[i] = filter_b.clone();
-        if let Some((d0, d1)) = directions {
-            listeners[0]["traffic_direction"] = json!(d0);
-            second["traffic_direction"] = json!(d1);
-        }
-        listeners.push(second);
+        add_listener_copy(b, "second", second_port, filter_b.clone())
     })
     .await
     .unwrap();
@@ -714,7 +675,7 @@ async fn filters_sharing_a_vm_each_apply_their_own_policy() {
             .unwrap()
             .http_filter();
         b["typed_config"]["config"]["name"] = json!("ksit-b");
-        let (envoy, _backends, second_port) = two_listeners(&v, &a, b, None).await;
+        let (envoy, _backends, second_port) = two_listeners(&v, &a, b).await;
         let ca = Client::new(&envoy.base_url());
         let cb = Client::new(&format!("http://127.0.0.1:{second_port}"));
         for i in 0..10 {
@@ -747,7 +708,7 @@ async fn same_named_filters_in_one_vm_release_delays_on_time() {
                          "route": [{"destination": {"host": "web-service"}}]}),
         );
         let same_name = FilterConfig::new(&other).unwrap().http_filter();
-        let (envoy, _backends, second_port) = two_listeners(&v, &f, same_name, None).await;
+        let (envoy, _backends, second_port) = two_listeners(&v, &f, same_name).await;
         let c1 = Client::new(&envoy.base_url());
         let c2 = Client::new(&format!("http://127.0.0.1:{second_port}"));
         for i in 0..12 {
@@ -780,13 +741,7 @@ async fn chained_filters_keep_each_others_decisions() {
                                "route": [{"destination": {"host": "web-service"}}]}]);
     for v in envoy_versions() {
         let backends = start_all(&DESTS).await.unwrap();
-        let upstreams = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
+        let upstreams = Upstream::for_backends(&backends);
         let mut cfg = EnvoyConfig::new(&v, upstreams);
         cfg.default_destination = Some("passthrough".into());
         cfg.filter = Some(FilterConfig::new(&policy_a).unwrap());

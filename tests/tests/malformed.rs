@@ -74,13 +74,7 @@ async fn malformed_requests_are_answered_and_never_break_the_vm() {
         ])
         .await
         .unwrap();
-        let ups = backends
-            .iter()
-            .map(|b| Upstream {
-                destination: b.name.clone(),
-                addr: b.addr,
-            })
-            .collect();
+        let ups = Upstream::for_backends(&backends);
         let mut cfg = EnvoyConfig::new(&v, ups);
         cfg.default_destination = Some("passthrough".into());
         cfg.filter = Some(FilterConfig::new(&policy()).unwrap());

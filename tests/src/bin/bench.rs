@@ -4,6 +4,7 @@
 //! BENCH_QUICK=1: shorter rounds, fewer clusters.
 
 use ksit_emulator::Emulator;
+use ksit_tests::envoy::free_port;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -87,12 +88,6 @@ async fn start_pinned_envoy(config: &std::path::Path, port: u16) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(envoy)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn cluster(name: &str, addr: std::net::SocketAddr) -> Value {
@@ -409,11 +404,7 @@ async fn filter() -> anyhow::Result<()> {
     let rss_base = proc_status_mb(baseline.id(), "VmRSS:");
     drop(baseline);
     let mb_per_vm = (rss_full - rss_base) / vms;
-    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(|a, b| a.total_cmp(b));
-        x[x.len() / 2]
-    };
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
     let rps: Vec<f64> = results.iter().map(|r| med(r, |w| w.rps)).collect();
     let p50: Vec<f64> = results.iter().map(|r| med(r, |w| w.p50_us)).collect();
     let p99: Vec<f64> = results.iter().map(|r| med(r, |w| w.p99_us)).collect();
@@ -424,13 +415,13 @@ async fn filter() -> anyhow::Result<()> {
     // The same ratios taken within each round (the variants of a round ran within seconds of each other),
     // then the median over rounds: steadier than a ratio of medians when whole rounds run slower.
     let paired = |a: usize, b: usize, f: fn(&Wrk) -> f64| {
-        let mut x: Vec<f64> = results[a]
-            .iter()
-            .zip(&results[b])
-            .map(|(wa, wb)| f(wa) / f(wb))
-            .collect();
-        x.sort_by(|a, b| a.total_cmp(b));
-        x[x.len() / 2]
+        median(
+            results[a]
+                .iter()
+                .zip(&results[b])
+                .map(|(wa, wb)| f(wa) / f(wb))
+                .collect(),
+        )
     };
     let paired_rps = paired(2, 1, |w| w.rps);
     let paired_cpu = paired(1, 2, |w| w.cpu_us_per_req);
@@ -551,6 +542,12 @@ async fn filter() -> anyhow::Result<()> {
     println!("  -> target/bench/filter.json");
     drop(backends);
     Ok(())
+}
+
+/// The middle value (the upper one of an even count); NaN for none.
+fn median(mut x: Vec<f64>) -> f64 {
+    x.sort_by(|a, b| a.total_cmp(b));
+    x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// GET on Envoy's admin endpoint (HTTP/1.1, `Connection: close`, read to the end).

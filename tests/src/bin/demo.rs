@@ -272,13 +272,7 @@ async fn run() -> anyhow::Result<()> {
 
     // 5. An Envoy per bound cluster, configured from its WasmPlugin.
     let backends = start_all(&DESTS).await?;
-    let upstreams: Vec<Upstream> = backends
-        .iter()
-        .map(|b| Upstream {
-            destination: b.name.clone(),
-            addr: b.addr,
-        })
-        .collect();
+    let upstreams = Upstream::for_backends(&backends);
     let mut envoys = Vec::new();
     for (m, _) in &members {
         let Some(wp) = m.object(
