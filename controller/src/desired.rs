@@ -359,12 +359,14 @@ pub fn wasm_plugin_name(tp_namespace: &str, tp_name: &str, plugin_namespace: &st
     }
 }
 
-/// The filter's pluginConfig for one cluster: the spec with that cluster's overrides resolved, plus its name.
+/// The filter's pluginConfig for one cluster: the spec with that cluster's overrides resolved, plus its name
+/// and `headerForStable: false` (the VirtualService's default routes lead to the stable destinations).
 pub fn plugin_config(spec: &TrafficPolicySpec, cluster: &str) -> Value {
     let resolved = spec.resolve(Some(cluster));
     let mut v = serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}));
     if let Some(m) = v.as_object_mut() {
         m.insert("cluster".into(), json!(cluster));
+        m.insert("headerForStable".into(), json!(false));
     }
     v
 }
@@ -432,7 +434,7 @@ fn render_wasm_plugin(
                 json!({"name": m.id(), "spec": serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}))})
             })
             .collect();
-        json!({"cluster": cluster, "policies": policies})
+        json!({"cluster": cluster, "headerForStable": false, "policies": policies})
     };
     s.insert("pluginConfig".into(), config);
     s.insert(
@@ -629,8 +631,10 @@ fn destination_json(d: &ksit_policy::spec::Destination) -> Value {
     serde_json::to_value(d).unwrap_or_default()
 }
 
-/// The VirtualService that routes on the filter's decision, then (for requests the filter did not decide,
-/// e.g. when it is absent or failed open) each rule's matches to its stable destination (largest weight).
+/// The VirtualService that routes on the filter's decision, then each rule's matches to its stable
+/// destination ([`ksit_policy::spec::HttpRule::stable_index`]): for the requests the filter sends there
+/// (it leaves them unmarked, `headerForStable: false` in the pluginConfig) and those it did not decide
+/// (e.g. when it is absent or failed open).
 pub fn render_virtual_service(
     tp: &TrafficPolicy,
     cluster: &str,
@@ -694,21 +698,7 @@ pub fn render_virtual_service(
     }
     for (ri, rule) in spec.http.iter().enumerate() {
         let rule_name = rule.name.clone().unwrap_or_else(|| format!("http-{ri}"));
-        let stable = rule
-            .route
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, d)| {
-                (
-                    if rule.route.len() == 1 {
-                        1
-                    } else {
-                        d.weight.unwrap_or(0)
-                    },
-                    std::cmp::Reverse(*i),
-                )
-            })
-            .map(|(_, d)| d);
+        let stable = rule.stable_index().and_then(|i| rule.route.get(i));
         let Some(stable) = stable else { continue };
         let mut route = Map::new();
         route.insert("name".into(), json!(format!("{rule_name}-default")));

@@ -3,7 +3,9 @@
 
 use crate::manifests::Document;
 use ksit_policy::engine::{AbortStatus, KeyKind, Pick};
-use ksit_policy::{Engine, NamedPolicy, PluginConfig, Request, TrafficPolicySpec};
+use ksit_policy::{
+    Engine, NamedPolicy, PluginConfig, Request, TrafficPolicySpec, DESTINATION_HEADER,
+};
 use serde_json::{json, Map, Value};
 
 /// A request to explain.
@@ -122,6 +124,8 @@ pub fn engine_for(doc: &Document, cluster: Option<&str>) -> anyhow::Result<(Engi
             name: "policy".into(),
             spec,
         }],
+        // As the controller renders it: its VirtualService's default routes lead to the stable destinations.
+        header_for_stable: false,
     };
     let engine = Engine::compile(&cfg, None).map_err(|e| {
         anyhow::anyhow!(
@@ -216,8 +220,15 @@ pub fn decide(engine: &Engine, req: &ExplainRequest, entropy: u64) -> Value {
         }
         a
     });
-    json!({"matched": true, "route": route, "destination": dest, "pick": pick,
-           "fault": {"delay": delay, "abort": abort}, "header": d.destination.map(|x| x.key.clone())})
+    let carried = refs
+        .iter()
+        .any(|(k, _)| *k == DESTINATION_HEADER.as_bytes());
+    let header = d
+        .destination
+        .filter(|_| engine.writes_header(&d, carried))
+        .map(|x| x.key.clone());
+    json!({"matched": true, "route": route, "destination": dest, "pick": pick, "stable": d.stable(),
+           "fault": {"delay": delay, "abort": abort}, "header": header})
 }
 
 /// The decision in words.
@@ -297,10 +308,12 @@ pub fn human(req: &ExplainRequest, cluster: Option<&str>, v: &Value) -> String {
             .map(|p| format!(" port {p}"))
             .unwrap_or_default()
     ));
-    out.push_str(&format!(
-        "header      x-ksit-destination: {}\n",
-        v["header"].as_str().unwrap_or("")
-    ));
+    match v["header"].as_str() {
+        Some(h) => out.push_str(&format!("header      x-ksit-destination: {h}\n")),
+        None => out.push_str(
+            "header      x-ksit-destination not written: the stable destination, where the VirtualService's default route for this rule sends the request\n",
+        ),
+    }
     let fault = |name: &str, f: &Value, what: String| -> String {
         if f.is_null() {
             return format!("{name:<11} none\n");

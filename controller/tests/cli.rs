@@ -106,6 +106,34 @@ fn explain_many_requests_and_unmatched() {
         (Some(false), &Value::Null)
     );
     assert_eq!(lines[3]["matched"], false);
+    // The filter leaves requests to the stable destination unmarked (the VirtualService's default route
+    // takes them there) and marks the others.
+    assert_eq!(
+        (lines[0]["stable"].as_bool(), &lines[0]["header"]),
+        (Some(true), &Value::Null)
+    );
+    assert_eq!(
+        (lines[1]["stable"].as_bool(), lines[1]["header"].as_str()),
+        (Some(false), Some("api-service-v2"))
+    );
+    let (_, text, _) = ksit(&["explain", "-f", TP, "--path", "/web/a"]);
+    assert!(
+        text.contains("x-ksit-destination not written: the stable destination"),
+        "{text}"
+    );
+    let (_, text, _) = ksit(&[
+        "explain",
+        "-f",
+        TP,
+        "--path",
+        "/web/a",
+        "-H",
+        "x-ksit-destination: api-service-v2",
+    ]);
+    assert!(
+        text.contains("x-ksit-destination: web-service"),
+        "a client's header is replaced: {text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -494,9 +494,13 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
     }
     match (d.rule, d.destination) {
         (Some(rule), Some(dest)) => {
-            host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
-            if several {
-                host::set_property(DECIDED_PROPERTY, dest.key.as_bytes());
+            // Unless the routes' default leads there anyway (a stable destination, `headerForStable`
+            // false, no header to replace): then the route Envoy chose stays, and is not selected again.
+            if root.engine.writes_header(&d, destination.is_some()) {
+                host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
+                if several {
+                    host::set_property(DECIDED_PROPERTY, dest.key.as_bytes());
+                }
             }
             if bench_stop(3) {
                 return CONTINUE;

@@ -7,12 +7,32 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// What the filter is configured with.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PluginConfig {
     /// The cluster this proxy runs in (set by the controller); overrides resolve against it.
     pub cluster: Option<String>,
     pub policies: Vec<NamedPolicy>,
+    /// `headerForStable` (default true): whether the filter writes `x-ksit-destination` when it sends a
+    /// request to its rule's stable destination ([`crate::spec::HttpRule::stable_index`]). False when the
+    /// routes behind the filter send unmarked requests of each rule to that destination anyway, as the
+    /// VirtualService the controller renders does with its default route per rule: those requests then
+    /// keep the route Envoy chose before the filter ran, and Envoy need not select it again.
+    pub header_for_stable: bool,
 }
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            cluster: None,
+            policies: Vec::new(),
+            header_for_stable: true,
+        }
+    }
+}
+
+/// The pluginConfig members that are not a policy's: they may stand beside `policies`, and are not part of
+/// the single spec.
+const FILTER_MEMBERS: [&str; 2] = ["cluster", "headerForStable"];
 
 /// One policy and the name it is reported under (`namespace/name` when the controller renders it).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -37,6 +57,7 @@ impl PluginConfig {
             |t| read_text(t, "policies"),
             |t| read_text(t, "spec"),
             |raw| crate::json::read_value(raw).ok(),
+            |raw| crate::json::read_value(raw).ok(),
         )
     }
 
@@ -52,17 +73,19 @@ impl PluginConfig {
             |t| from_text(t, "policies"),
             |t| from_text(t, "spec"),
             |raw| serde_json::from_slice(raw).ok(),
+            |raw| serde_json::from_slice(raw).ok(),
         )
     }
 
     /// Both forms, from JSON text already checked: `policies` reads the `policies` list, `spec` the
     /// single spec (naming fields under `policies` and `spec`), `cluster` the `cluster` member (`None`
-    /// when it is not a string or null).
+    /// when it is not a string or null), `flag` a boolean member (`None` when it is not a boolean or null).
     fn from_members(
         bytes: &[u8],
         policies: fn(&[u8]) -> Result<Vec<NamedPolicy>, ConfigError>,
         spec: fn(&[u8]) -> Result<TrafficPolicySpec, ConfigError>,
         cluster: fn(&[u8]) -> Option<Option<String>>,
+        flag: fn(&[u8]) -> Option<Option<bool>>,
     ) -> Result<PluginConfig, ConfigError> {
         let Some(members) = crate::json_path::object_members(bytes) else {
             return Err(ConfigError::one(
@@ -79,14 +102,21 @@ impl PluginConfig {
                 _ => return Err(ConfigError::one("cluster", "must be a non-empty string")),
             },
         };
+        let header_for_stable = match members.iter().find(|m| m.key == "headerForStable") {
+            None => true,
+            Some(m) => match flag(raw(m)) {
+                Some(v) => v.unwrap_or(true),
+                None => return Err(ConfigError::one("headerForStable", "must be true or false")),
+            },
+        };
         let policies = if let Some(list) = members.iter().find(|m| m.key == "policies") {
             if let Some(k) = members
                 .iter()
-                .find(|m| m.key != "policies" && m.key != "cluster")
+                .find(|m| m.key != "policies" && !FILTER_MEMBERS.contains(&m.key.as_str()))
             {
                 return Err(ConfigError::one(
                     k.key.clone(),
-                    "with `policies`, put each spec under policies[i].spec; only `cluster` may stand beside it",
+                    "with `policies`, put each spec under policies[i].spec; only `cluster` and `headerForStable` may stand beside it",
                 ));
             }
             let list = policies(raw(list))?;
@@ -101,10 +131,13 @@ impl PluginConfig {
             }
             list
         } else {
-            // The spec is the object without `cluster`.
+            // The spec is the object without the filter's own members.
             let mut text = Vec::with_capacity(bytes.len());
             text.push(b'{');
-            for m in members.iter().filter(|m| m.key != "cluster") {
+            for m in members
+                .iter()
+                .filter(|m| !FILTER_MEMBERS.contains(&m.key.as_str()))
+            {
                 if text.len() > 1 {
                     text.push(b',');
                 }
@@ -116,7 +149,11 @@ impl PluginConfig {
                 spec: spec(&text)?,
             }]
         };
-        Ok(PluginConfig { cluster, policies })
+        Ok(PluginConfig {
+            cluster,
+            policies,
+            header_for_stable,
+        })
     }
 
     /// The field-path prefix under which policy `i`'s problems are reported.
@@ -333,12 +370,31 @@ mod tests {
         );
         assert_eq!(
             err(json!({"policies": [], "hosts": []})),
-            "hosts: with `policies`, put each spec under policies[i].spec; only `cluster` may stand beside it"
+            "hosts: with `policies`, put each spec under policies[i].spec; only `cluster` and `headerForStable` may stand beside it"
         );
         assert_eq!(
             err(json!({"cluster": 3, "hosts": []})),
             "cluster: must be a non-empty string"
         );
+        assert_eq!(
+            err(json!({"headerForStable": "no", "hosts": []})),
+            "headerForStable: must be true or false"
+        );
+        for (v, want) in [
+            (json!(false), false),
+            (json!(true), true),
+            (json!(null), true),
+        ] {
+            for form in [
+                json!({"headerForStable": v, "hosts": []}),
+                json!({"policies": [{"name": "a", "spec": {"hosts": []}}], "headerForStable": v}),
+            ] {
+                let cfg = PluginConfig::from_json(form.to_string().as_bytes());
+                assert_eq!(cfg.map(|c| c.header_for_stable).ok(), Some(want), "{form}");
+            }
+        }
+        let cfg = PluginConfig::from_json(br#"{"hosts": []}"#);
+        assert_eq!(cfg.map(|c| c.header_for_stable).ok(), Some(true));
         assert!(err(json!([1])).starts_with("pluginConfig: must be a JSON object"));
         let ok = PluginConfig::from_json(br#" { "hosts" : ["h"] , "cluster":"c9", "http": [ ] } "#);
         let ok = ok.unwrap_or_else(|e| unreachable!("{e:?}"));

@@ -39,6 +39,7 @@ pub struct Engine {
     wildcard_hosts: FixedMap<Box<[u8]>, usize>,
     catch_all: Option<usize>,
     rule_count: usize,
+    header_for_stable: bool,
 }
 
 #[derive(Debug)]
@@ -79,6 +80,8 @@ pub struct CompiledRule {
     pub named: bool,
     matches: Vec<CompiledMatch>,
     pub destinations: Vec<CompiledDestination>,
+    /// Index of the stable destination in `destinations` (see [`crate::spec::HttpRule::stable_index`]).
+    pub stable: usize,
     /// Exclusive upper bucket of each destination, cumulative; the last is `BUCKETS`.
     bounds: Vec<u32>,
     sticky: Option<KeySource>,
@@ -310,6 +313,17 @@ impl<'e, 'r> Decision<'e, 'r> {
     pub fn matched(&self) -> bool {
         self.rule.is_some()
     }
+
+    /// Whether the destination is its rule's stable one.
+    pub fn stable(&self) -> bool {
+        match (self.rule, self.destination) {
+            (Some(r), Some(d)) => r
+                .destinations
+                .get(r.stable)
+                .is_some_and(|s| std::ptr::eq(s, d)),
+            _ => false,
+        }
+    }
 }
 
 impl Engine {
@@ -344,6 +358,7 @@ impl Engine {
             wildcard_hosts: FixedMap::default(),
             catch_all: None,
             rule_count: 0,
+            header_for_stable: cfg.header_for_stable,
         };
         let mut claimed: HashMap<String, usize> = HashMap::new();
         for (pi, p) in cfg.policies.iter().enumerate() {
@@ -471,6 +486,7 @@ impl Engine {
             named: rule.name.is_some(),
             matches,
             destinations,
+            stable: rule.stable_index().unwrap_or(0),
             bounds,
             sticky: canary
                 .and_then(|c| c.sticky_by.as_ref())
@@ -535,6 +551,19 @@ impl Engine {
 
     pub fn cluster(&self) -> Option<&str> {
         self.cluster.as_deref()
+    }
+    /// Whether requests sent to their rule's stable destination are marked with `x-ksit-destination` too
+    /// (pluginConfig `headerForStable`, default true).
+    pub fn header_for_stable(&self) -> bool {
+        self.header_for_stable
+    }
+
+    /// Whether the filter writes `x-ksit-destination` for decision `d` of a request that already carries
+    /// that header (`carried`) or not: for every chosen destination, except a rule's stable one when
+    /// `headerForStable` is false and there is no header to replace (the routes' default sends the
+    /// request there).
+    pub fn writes_header(&self, d: &Decision<'_, '_>, carried: bool) -> bool {
+        d.destination.is_some() && (self.header_for_stable || carried || !d.stable())
     }
     pub fn max_active_faults(&self) -> u32 {
         self.max_active_faults

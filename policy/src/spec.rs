@@ -129,6 +129,22 @@ pub struct HttpRule {
     pub rewrite: Option<HttpRewrite>,
 }
 
+impl HttpRule {
+    /// The rule's stable destination: where its traffic goes when nothing steers it elsewhere. The one with
+    /// the largest weight (the first of equals), or a rule's only destination. The rendered
+    /// VirtualService's default route for the rule leads there.
+    pub fn stable_index(&self) -> Option<usize> {
+        if self.route.len() == 1 {
+            return Some(0);
+        }
+        self.route
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, d)| (d.weight.unwrap_or(0), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i)
+    }
+}
+
 /// Istio `HTTPRetry` (carried to the VirtualService).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -62,6 +62,8 @@ impl Req {
             abort: d.abort.filter(|r| r.applied).map(|r| r.spec.status),
             delay_roll: d.delay.map(|r| r.roll),
             abort_roll: d.abort.map(|r| r.roll),
+            stable: d.stable(),
+            marks: e.writes_header(&d, pairs.iter().any(|(k, _)| *k == b"x-ksit-destination")),
         }
     }
 }
@@ -75,4 +77,8 @@ pub struct Owned {
     pub abort: Option<ksit_policy::AbortStatus>,
     pub delay_roll: Option<u32>,
     pub abort_roll: Option<u32>,
+    /// The destination is its rule's stable one.
+    pub stable: bool,
+    /// The filter writes `x-ksit-destination` for this request.
+    pub marks: bool,
 }

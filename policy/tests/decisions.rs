@@ -455,3 +455,59 @@ fn max_active_faults_default_and_override() {
     s["cluster"] = json!("c9");
     assert_eq!(engine(s).max_active_faults(), 7);
 }
+
+#[test]
+fn the_stable_destination_is_the_heaviest_first_of_equals() {
+    let stable = |route: serde_json::Value| {
+        let r: ksit_policy::spec::HttpRule =
+            serde_json::from_value(json!({"route": route})).unwrap();
+        r.stable_index()
+    };
+    let d = |h: &str, w: Option<i32>| match w {
+        Some(w) => json!({"destination": {"host": h}, "weight": w}),
+        None => json!({"destination": {"host": h}}),
+    };
+    assert_eq!(stable(json!([d("a", Some(10)), d("b", Some(90))])), Some(1));
+    assert_eq!(stable(json!([d("a", Some(50)), d("b", Some(50))])), Some(0));
+    assert_eq!(stable(json!([d("a", None), d("b", Some(1))])), Some(1));
+    assert_eq!(stable(json!([d("a", Some(0))])), Some(0));
+    assert_eq!(stable(json!([])), None);
+}
+
+#[test]
+fn stable_requests_are_marked_only_when_asked_to_or_to_replace_a_header() {
+    let spec = json!({"hosts": [HOST], "http": [
+        {"name": "api", "match": [{"uri": {"prefix": "/api"}}], "route": [
+            {"destination": {"host": "v1"}, "weight": 10}, {"destination": {"host": "v2"}, "weight": 90}]},
+        {"name": "web", "route": one("web")}]});
+    let default = engine(spec.clone());
+    let mut rendered = spec.clone();
+    rendered["headerForStable"] = json!(false);
+    let rendered = engine(rendered);
+    assert!(default.header_for_stable() && !rendered.header_for_stable());
+    let (mut stable, mut canary) = (0, 0);
+    for i in 0..400 {
+        let id = format!("r{i}");
+        let req = Req::get(HOST, "/api/x").h("x-request-id", &id);
+        let (a, b) = (req.decide(&default, 0), req.decide(&rendered, 0));
+        assert_eq!((&a.dest, a.stable), (&b.dest, b.stable), "{id}");
+        assert_eq!(a.stable, a.dest.as_deref() == Some("v2"), "{id}");
+        assert!(a.marks, "{id}: headerForStable defaults to true");
+        assert_eq!(b.marks, !b.stable, "{id}");
+        if b.stable {
+            stable += 1;
+            // A header already on the request is replaced, whatever the destination.
+            let spoofed = Req::get(HOST, "/api/x")
+                .h("x-request-id", &id)
+                .h("x-ksit-destination", "v1");
+            assert!(spoofed.decide(&rendered, 0).marks, "{id}");
+        } else {
+            canary += 1;
+        }
+    }
+    assert!(stable > 300 && canary > 10, "{stable} {canary}");
+    let web = Req::get(HOST, "/web").decide(&rendered, 0);
+    assert!(web.stable && !web.marks);
+    let none = Req::get("other.example.com", "/web").decide(&rendered, 0);
+    assert!(!none.stable && !none.marks);
+}

@@ -138,6 +138,13 @@ fn examples_read_the_same() {
             assert!(agree(with_cluster.to_string().as_bytes()));
             let list = json!({"cluster": "c1", "policies": [{"name": "a", "spec": spec}, {"name": "b", "spec": spec}]});
             assert!(agree(list.to_string().as_bytes()));
+            // As the controller renders them.
+            let mut rendered = with_cluster.clone();
+            rendered["headerForStable"] = json!(false);
+            assert!(agree(rendered.to_string().as_bytes()));
+            let mut list = list.clone();
+            list["headerForStable"] = json!(false);
+            assert!(agree(list.to_string().as_bytes()));
             // And against the typed value serde makes of the spec.
             let ours = PluginConfig::from_json(text.as_bytes()).unwrap();
             let theirs: TrafficPolicySpec = serde_json::from_str(&text).unwrap();
@@ -514,6 +521,11 @@ fn odd_inputs() {
         b"{\"policies\":[],\"cluster\":null}".to_vec(),
         b"{\"policies\":[],\"cluster\":\"\\ud800\"}".to_vec(),
         b"{\"cluster\":\"c\"}".to_vec(),
+        b"{\"headerForStable\":false,\"hosts\":[]}".to_vec(),
+        b"{\"headerForStable\":null,\"hosts\":[]}".to_vec(),
+        b"{\"headerForStable\":\"no\",\"hosts\":[]}".to_vec(),
+        b"{\"headerForStable\":0,\"policies\":[]}".to_vec(),
+        b"{\"headerForStable\":true,\"headerForStable\":[[[1]]],\"policies\":[]}".to_vec(),
         format!("{{\"hosts\":{}}}", deep_array(100_000)).into_bytes(),
         format!("{{\"hosts\":[],\"zz\":{}}}", deep_object(10_000)).into_bytes(),
         format!("{{\"cluster\":\"c\",\"cluster\":{},\"hosts\":[]}}", deep_array(100_000)).into_bytes(),

@@ -143,7 +143,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Adds to `bootstrap` a copy of its first listener, named `name`, on `port`, with its ksit filter entry
-/// (`envoy.filters.http.wasm`) replaced by `filter` (another filter, or a `config_discovery` entry).
+/// (`envoy.filters.http.wasm`) replaced by `filter` (another filter, or a `config_discovery` entry). Pass
+/// port 0 in tests and ask [`Envoy::listener_named`] for the port Envoy bound.
 pub fn add_listener_copy(bootstrap: &mut Value, name: &str, port: u16, filter: Value) {
     let Some(listeners) = bootstrap
         .pointer_mut("/static_resources/listeners")
@@ -265,8 +266,9 @@ impl FilterConfig {
 /// What to run: Envoy's version and command-line knobs, and the bootstrap's content.
 ///
 /// The bootstrap has one listener ([`LISTENER_NAME`]) with an HTTP connection manager whose routes are, in
-/// order: for each upstream, header `x-ksit-destination` == its destination -> its cluster; then everything
-/// else -> the `default_destination`'s cluster, or a direct 404 with body `no route\n` when there is none.
+/// order: for each upstream, header `x-ksit-destination` == its destination -> its cluster (or, with a
+/// `virtual_service`, that VirtualService's routes); then everything else -> the `default_destination`'s
+/// cluster, or a direct 404 with body `no route\n` when there is none.
 /// The HTTP filters are `extra_http_filters_before`, the ksit filter (if any), `extra_http_filters_after`,
 /// the router.
 #[derive(Clone, Debug)]
@@ -281,6 +283,9 @@ pub struct EnvoyConfig {
     pub upstreams: Vec<Upstream>,
     /// The destination for requests no header route matched; `None`: direct 404 `no route`.
     pub default_destination: Option<String>,
+    /// A VirtualService's spec whose routes replace the header routes (translated by [`crate::istio`], as
+    /// istiod would); the `default_destination` still catches what none of them matches.
+    pub virtual_service: Option<Value>,
     /// HTTP filters before the ksit filter, as YAML: each entry one filter (a mapping with `name` and
     /// `typed_config`) or a sequence of them.
     pub extra_http_filters_before: Vec<String>,
@@ -305,6 +310,7 @@ impl EnvoyConfig {
             filter: None,
             upstreams,
             default_destination: None,
+            virtual_service: None,
             extra_http_filters_before: vec![],
             extra_http_filters_after: vec![],
             route_timeout: Duration::from_secs(60),
@@ -375,16 +381,19 @@ impl EnvoyConfig {
 
     fn build(&self, admin_port: u16, listener_port: u16, lenient: bool) -> anyhow::Result<Value> {
         let timeout = format!("{}s", self.route_timeout.as_secs_f64());
-        let mut routes: Vec<Value> = self
-            .upstreams
-            .iter()
-            .map(|u| {
-                json!({
-                    "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "string_match": {"exact": u.destination}}]},
-                    "route": {"cluster": Self::cluster_name(&u.destination), "timeout": timeout}
+        let mut routes: Vec<Value> = match &self.virtual_service {
+            Some(vs) => crate::istio::routes(vs, &timeout, Self::cluster_name)?,
+            None => self
+                .upstreams
+                .iter()
+                .map(|u| {
+                    json!({
+                        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "string_match": {"exact": u.destination}}]},
+                        "route": {"cluster": Self::cluster_name(&u.destination), "timeout": timeout}
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
         routes.push(match &self.default_destination {
             Some(d) => json!({"match": {"prefix": "/"}, "route": {"cluster": Self::cluster_name(d), "timeout": timeout}}),
             None => json!({"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}),
@@ -752,6 +761,27 @@ impl Envoy {
     /// The listener's address.
     pub fn listener_addr(&self) -> SocketAddr {
         self.listener
+    }
+
+    /// The address Envoy bound for listener `name`, as `/listeners` reports it: for a listener on port 0
+    /// (e.g. one [`add_listener_copy`] added), whose port only Envoy knows. A port picked beforehand with
+    /// [`free_port`] can be taken by another process (another test's Envoy binding port 0) before this
+    /// Envoy binds it, and that process then answers this test's requests.
+    pub async fn listener_named(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        let listeners: Value =
+            serde_json::from_str(&self.admin_get("/listeners?format=json").await?.body)?;
+        let sa = listeners["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .map(|l| &l["local_address"]["socket_address"])
+            .ok_or_else(|| anyhow::anyhow!("Envoy has no listener {name}: {listeners}"))?;
+        let (Some(ip), Some(port)) = (sa["address"].as_str(), sa["port_value"].as_u64()) else {
+            anyhow::bail!("listener {name} has no address: {sa}");
+        };
+        anyhow::ensure!(port != 0, "listener {name} is not bound yet");
+        Ok(SocketAddr::new(ip.parse()?, u16::try_from(port)?))
     }
 
     /// The admin interface's address.

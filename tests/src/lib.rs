@@ -31,6 +31,7 @@
 pub mod backend;
 pub mod client;
 pub mod envoy;
+pub mod istio;
 
 pub use backend::{start_all, Backend, Backends, Echo};
 pub use client::{abandon, raw, raw_status, Client, Response};

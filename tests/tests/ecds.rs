@@ -6,7 +6,7 @@
 use ksit_tests::backend::{start_all, Backend};
 use ksit_tests::client::Client;
 use ksit_tests::envoy::{
-    add_listener_copy, envoy_versions, free_port, Envoy, EnvoyConfig, FilterConfig, Upstream,
+    add_listener_copy, envoy_versions, Envoy, EnvoyConfig, FilterConfig, Upstream,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -147,11 +147,10 @@ async fn a_deleted_root_hands_its_held_requests_over() {
         held["http"][0]["fault"] =
             json!({"delay": {"fixedDelay": "1500ms", "percentage": {"value": 100}}});
         publish(&ecds, &wasm_filter(&held));
-        let second_port = free_port().unwrap();
         let hook = ecds.clone();
         let envoy = Envoy::start_with(&cfg, move |b: &mut Value| {
             b["node"] = json!({"id": "ksit-test", "cluster": "ksit-test"});
-            add_listener_copy(b, "second", second_port, discovered(&hook));
+            add_listener_copy(b, "second", 0, discovered(&hook));
         })
         .await
         .unwrap();

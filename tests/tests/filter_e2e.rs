@@ -6,8 +6,8 @@ use ksit_policy::{Engine, Request};
 use ksit_tests::backend::{start_all, Backend};
 use ksit_tests::client::{abandon, Client};
 use ksit_tests::envoy::{
-    add_listener_copy, envoy_versions, free_port, prom_value, validate, Envoy, EnvoyConfig,
-    FilterConfig, Upstream,
+    add_listener_copy, envoy_versions, prom_value, validate, Envoy, EnvoyConfig, FilterConfig,
+    Upstream,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -28,11 +28,24 @@ struct Rig {
 
 impl Rig {
     async fn start(version: &str, policy: &Value, env: &[(&str, &str)], concurrency: u32) -> Rig {
+        Self::start_routed(version, policy, env, concurrency, None).await
+    }
+
+    /// With the routes of `virtual_service` (a VirtualService's spec) instead of one header route per
+    /// destination.
+    async fn start_routed(
+        version: &str,
+        policy: &Value,
+        env: &[(&str, &str)],
+        concurrency: u32,
+        virtual_service: Option<Value>,
+    ) -> Rig {
         let backends = start_all(&DESTS).await.unwrap();
         let upstreams = Upstream::for_backends(&backends);
         let mut cfg = EnvoyConfig::new(version, upstreams);
         cfg.concurrency = concurrency;
         cfg.default_destination = Some("passthrough".into());
+        cfg.virtual_service = virtual_service;
         let mut f = FilterConfig::new(policy).unwrap();
         f.env = env
             .iter()
@@ -613,6 +626,72 @@ async fn merged_policies_route_each_host_by_its_own_policy() {
     }
 }
 
+/// What the controller renders for one cluster: the pluginConfig (`headerForStable: false`) and the
+/// VirtualService, its routes translated as istiod would. Requests the filter sends to a rule's stable
+/// destination keep the default route and reach it unmarked; the canary share is marked and routed by the
+/// header; a client's header is replaced even when the filter picks the stable destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_policy_sends_stable_requests_by_the_default_route() {
+    use ksit_controller::desired::{plugin_config, render_virtual_service};
+    use ksit_controller::resources::{TrafficPolicy, TrafficPolicyResourceSpec};
+    let spec: ksit_policy::TrafficPolicySpec =
+        serde_json::from_value(seed_without_faults()).unwrap();
+    let mut tp = TrafficPolicy::new("myapp", TrafficPolicyResourceSpec(spec.clone()));
+    tp.metadata.namespace = Some("default".into());
+    let config = plugin_config(&spec, "cluster1");
+    assert_eq!(config["headerForStable"], false);
+    let vs = render_virtual_service(&tp, "cluster1", &[]).manifest["spec"].clone();
+    let echoed = |r: &ksit_tests::client::Response| {
+        r.json().unwrap()["headers"]["x-ksit-destination"]
+            .as_str()
+            .map(String::from)
+    };
+    for v in envoy_versions() {
+        let rig = Rig::start_routed(&v, &config, &[], 1, Some(vs.clone())).await;
+        let (mut stable, mut canary) = (0, 0);
+        let mut stable_id = None;
+        for i in 0..200 {
+            let id = format!("req-{i}");
+            let h = [("x-request-id", id.as_str())];
+            let (dest, _, _) = predict(&config, "/api/orders", &h);
+            let r = rig.get("/api/orders", &h).await;
+            assert_eq!(r.backend(), dest.as_deref(), "{v}: {id}");
+            if dest.as_deref() == Some("api-service-v1") {
+                assert_eq!(echoed(&r), None, "{v}: {id}: a stable request was marked");
+                stable += 1;
+                stable_id = Some(id);
+            } else {
+                assert_eq!(echoed(&r).as_deref(), Some("api-service-v2"), "{v}: {id}");
+                canary += 1;
+            }
+        }
+        assert!(
+            stable > 150 && canary > 5,
+            "{v}: {stable} stable, {canary} canary"
+        );
+        // A client's header is replaced by the stable destination, not left to route the request.
+        let id = stable_id.unwrap();
+        let r = rig
+            .get(
+                "/api/orders",
+                &[
+                    ("x-request-id", &id),
+                    ("x-ksit-destination", "api-service-v2"),
+                ],
+            )
+            .await;
+        assert_eq!(r.backend(), Some("api-service-v1"), "{v}");
+        assert_eq!(echoed(&r).as_deref(), Some("api-service-v1"), "{v}");
+        // A rule's only destination is its stable one.
+        let r = rig.get("/web/index.html", &[]).await;
+        assert_eq!(
+            (r.backend(), echoed(&r)),
+            (Some("web-service"), None),
+            "{v}"
+        );
+    }
+}
+
 /// Envoy with two listeners like the rig's: the first with `filter_a`, the second (on the returned port)
 /// with `filter_b`.
 async fn two_listeners(
@@ -624,12 +703,12 @@ async fn two_listeners(
     let mut cfg = EnvoyConfig::new(v, Upstream::for_backends(&backends));
     cfg.default_destination = Some("passthrough".into());
     cfg.filter = Some(filter_a.clone());
-    let second_port = free_port().unwrap();
     let envoy = Envoy::start_with(&cfg, |b: &mut Value| {
-        add_listener_copy(b, "second", second_port, filter_b.clone())
+        add_listener_copy(b, "second", 0, filter_b.clone())
     })
     .await
     .unwrap();
+    let second_port = envoy.listener_named("second").await.unwrap().port();
     (envoy, backends, second_port)
 }
 

@@ -142,6 +142,17 @@ fn header_routes() -> Value {
     json!([r("api-service-v1"), r("api-service-v2"), r("web-service"), {"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}])
 }
 
+/// A pluginConfig as the controller renders it: requests to a rule's stable destination are left unmarked,
+/// for the routes' default (here the catch-all to `api-service-v1`, as the rendered VirtualService's default
+/// route for the seed's `api` rule) to send there.
+fn rendered(mut config: Value) -> Value {
+    config["headerForStable"] = json!(false);
+    config
+}
+
+/// Listeners before the stage listeners: plain, native, ksit, ksit1000, ksit20, ksit20x, ksit_marked.
+const FIXED: usize = 7;
+
 /// The seed policy with fault percentages at 0: every rule is evaluated, no request is delayed.
 fn seed_no_delay() -> anyhow::Result<Value> {
     let mut p = ksit_tests::seed_spec()?;
@@ -249,13 +260,14 @@ async fn filter() -> anyhow::Result<()> {
         ksit_tests::backend::start_all(&["api-service-v1", "api-service-v2", "web-service"])
             .await?;
     let clusters: Vec<Value> = backends.iter().map(|b| cluster(&b.name, b.addr)).collect();
-    // plain, native, ksit, ksit1000, ksit20 (one filter, 20 merged policies), ksit20x (20 filters), then the
-    // stage listeners when the benchmark build of the filter is there.
+    // plain, native, ksit, ksit1000, ksit20 (one filter, 20 merged policies), ksit20x (20 filters),
+    // ksit_marked (the seed policy with every decided request marked, `headerForStable` true), then the stage
+    // listeners when the benchmark build of the filter is there.
     let stages = stages_module();
     let n_listeners = if stages.is_some() {
-        6 + STAGES.len()
+        FIXED + STAGES.len()
     } else {
-        6
+        FIXED
     };
     let ports: Vec<u16> = (0..n_listeners)
         .map(|_| free_port())
@@ -282,13 +294,13 @@ async fn filter() -> anyhow::Result<()> {
         .map(|(i, p)| json!({"name": format!("team{i}/app"), "spec": p}))
         .collect();
     merged.push(json!({"name": "default/myapp", "spec": seed_no_delay()?}));
-    let merged = json!({"policies": merged});
+    let merged = rendered(json!({"policies": merged}));
     let mut separate: Vec<Value> = others
         .iter()
         .enumerate()
-        .map(|(i, p)| wasm(p, &module_s, &format!("ksit20x-{i}")))
+        .map(|(i, p)| wasm(&rendered(p.clone()), &module_s, &format!("ksit20x-{i}")))
         .collect();
-    separate.push(wasm(&seed_no_delay()?, &module_s, "ksit20x-seed"));
+    separate.push(wasm(&rendered(seed_no_delay()?), &module_s, "ksit20x-seed"));
     separate.push(router());
     let native_fault = json!({"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         "delay": {"fixed_delay": "5s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
@@ -312,13 +324,16 @@ async fn filter() -> anyhow::Result<()> {
             "ksit",
             ports[2],
             header_routes(),
-            vec![wasm(&seed_no_delay()?, &module_s, "ksit"), router()],
+            vec![
+                wasm(&rendered(seed_no_delay()?), &module_s, "ksit"),
+                router(),
+            ],
         ),
         listener(
             "ksit1000",
             ports[3],
             header_routes(),
-            vec![wasm(&big, &module_s, "ksit1000"), router()],
+            vec![wasm(&rendered(big), &module_s, "ksit1000"), router()],
         ),
         listener(
             "ksit20",
@@ -327,13 +342,19 @@ async fn filter() -> anyhow::Result<()> {
             vec![wasm(&merged, &module_s, "ksit20"), router()],
         ),
         listener("ksit20x", ports[5], header_routes(), separate),
+        listener(
+            "ksit_marked",
+            ports[6],
+            header_routes(),
+            vec![wasm(&seed_no_delay()?, &module_s, "ksit_marked"), router()],
+        ),
     ];
     if let Some(m) = &stages {
         for (i, (name, _)) in STAGES.iter().enumerate() {
             let env = json!({"KSIT_BENCH_STAGE": i.to_string()});
             listeners.push(listener(
                 name,
-                ports[6 + i],
+                ports[FIXED + i],
                 header_routes(),
                 vec![wasm_env(&seed_no_delay()?, m, name, env), router()],
             ));
@@ -349,7 +370,15 @@ async fn filter() -> anyhow::Result<()> {
     // Many short rounds, each in a rotated order: on this shared machine whole stretches of seconds run
     // slower, and short interleaved runs spread such a stretch over several variants instead of one.
     let (rounds, secs) = if quick() { (1, 3) } else { (15, 2) };
-    let mut names = vec!["plain", "native", "ksit", "ksit1000", "ksit20", "ksit20x"];
+    let mut names = vec![
+        "plain",
+        "native",
+        "ksit",
+        "ksit1000",
+        "ksit20",
+        "ksit20x",
+        "ksit_marked",
+    ];
     if stages.is_some() {
         names.extend(STAGES.iter().map(|(n, _)| *n));
     }
@@ -369,7 +398,7 @@ async fn filter() -> anyhow::Result<()> {
             }
             let w = wrk_cpu(p, secs, envoy.id())?;
             println!(
-                "  {:<9} {:>9.0} req/s  p50 {:>6.0}us  p99 {:>6.0}us  Envoy CPU {:>5.1}us/req",
+                "  {:<11} {:>9.0} req/s  p50 {:>6.0}us  p99 {:>6.0}us  Envoy CPU {:>5.1}us/req",
                 names[i], w.rps, w.p50_us, w.p99_us, w.cpu_us_per_req
             );
             results[i].push(w);
@@ -455,6 +484,9 @@ async fn filter() -> anyhow::Result<()> {
         "wasm_vms": vms, "envoy_rss_mb": rss_full, "envoy_baseline_rss_mb": rss_base, "mb_per_wasm_vm": mb_per_vm,
         "module_bytes": module_bytes, "rounds": rounds, "seconds_per_round": secs, "envoy": "1.40.0",
     });
+    report["filter_marked_rps"] = json!(rps[6]);
+    report["filter_marked_vs_native"] = json!(rps[6] / rps[1]);
+    report["filter_marked_vs_native_paired"] = json!(paired(6, 1, |w| w.rps));
     report["filter_vs_native_paired"] = json!(paired_rps);
     report["filter_vs_native_by_cpu_paired"] = json!(paired_cpu);
     report["p99_filter_vs_native_paired"] = json!(paired_p99);
@@ -504,15 +536,27 @@ async fn filter() -> anyhow::Result<()> {
         for (i, (name, what)) in STAGES.iter().enumerate() {
             println!(
                 "    {name}  {what:<32} {:>6.1}us {:>6.1}us",
-                cpu[6 + i],
-                best_cpu[6 + i]
+                cpu[FIXED + i],
+                best_cpu[FIXED + i]
             );
         }
         println!(
+            "    ksit_marked {:<28} {:>6.1}us {:>6.1}us",
+            "+ count (the full filter)", cpu[6], best_cpu[6]
+        );
+        println!(
             "    ksit    {:<32} {:>6.1}us {:>6.1}us",
-            "+ count (the full filter)", cpu[2], best_cpu[2]
+            "stable requests unmarked", cpu[2], best_cpu[2]
         );
     }
+    println!(
+        "  every request marked (headerForStable true): {:.0} req/s ({:.3}x native, paired {:.3}), best-round CPU {:.1}us against {:.1}us unmarked",
+        rps[6],
+        rps[6] / rps[1],
+        paired(6, 1, |w| w.rps),
+        best_cpu[6],
+        best_cpu[2]
+    );
     println!(
         "  p99     native {:.0}us  ksit {:.0}us ({:.2}x)",
         p99[1],

@@ -287,12 +287,23 @@ async fn run() -> anyhow::Result<()> {
             ));
             continue;
         };
+        // Routes as istiod would make them from the cluster's VirtualService: its header routes, then each
+        // rule's default route to its stable destination (which the filter leaves unmarked).
+        let vs = m
+            .object(
+                "networking.istio.io",
+                "virtualservices",
+                Some("default"),
+                "ksit-myapp",
+            )
+            .ok_or_else(|| anyhow::anyhow!("{}: no VirtualService ksit-myapp", m.name()))?;
         let mut cfg = EnvoyConfig::new("1.40.0", upstreams.clone());
         cfg.concurrency = 1;
+        cfg.virtual_service = Some(vs["spec"].clone());
         cfg.filter = Some(FilterConfig::new(&wp["spec"]["pluginConfig"])?);
         let envoy = Envoy::start(&cfg).await?;
         say(&format!(
-            "{}: Envoy {} on {} with that cluster's pluginConfig",
+            "{}: Envoy {} on {} with that cluster's pluginConfig and VirtualService routes",
             m.name(),
             envoy.version,
             envoy.listener
