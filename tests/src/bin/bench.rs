@@ -370,6 +370,26 @@ async fn filter() -> anyhow::Result<()> {
     // Many short rounds, each in a rotated order: on this shared machine whole stretches of seconds run
     // slower, and short interleaved runs spread such a stretch over several variants instead of one.
     let (rounds, secs) = if quick() { (1, 3) } else { (15, 2) };
+    // BENCH_VARIANTS=native,ksit,... runs only those listeners (BENCH_ROUNDS, BENCH_SECS: how many rounds
+    // of how long) and prints each one against the first, round by round, instead of the report: with few
+    // variants, the runs compared are seconds apart.
+    let env_num = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let focus: Vec<String> = std::env::var("BENCH_VARIANTS")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    let (rounds, secs) = if focus.is_empty() {
+        (rounds, secs)
+    } else {
+        (
+            env_num("BENCH_ROUNDS", 30) as usize,
+            env_num("BENCH_SECS", 1),
+        )
+    };
     let mut names = vec![
         "plain",
         "native",
@@ -383,6 +403,19 @@ async fn filter() -> anyhow::Result<()> {
         names.extend(STAGES.iter().map(|(n, _)| *n));
     }
     let mut results: Vec<Vec<Wrk>> = names.iter().map(|_| Vec::new()).collect();
+    let order: Vec<usize> = if focus.is_empty() {
+        (0..names.len()).collect()
+    } else {
+        focus
+            .iter()
+            .map(|f| {
+                names
+                    .iter()
+                    .position(|n| n == f)
+                    .ok_or_else(|| anyhow::anyhow!("BENCH_VARIANTS: no variant {f} in {names:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     println!("filter: {rounds} interleaved round(s) of {secs}s per variant; Envoy on CPU 0, wrk (1 thread, 32 connections) on CPU 1");
     let load_started = Instant::now();
     let mut rss_after_first_round = f64::NAN;
@@ -390,8 +423,8 @@ async fn filter() -> anyhow::Result<()> {
         if round == 1 {
             rss_after_first_round = proc_status_mb(envoy.id(), "VmRSS:");
         }
-        for k in 0..names.len() {
-            let i = (k + round) % names.len();
+        for k in 0..order.len() {
+            let i = order[(k + round) % order.len()];
             let p = ports[i];
             if round == 0 {
                 wrk(p, 1)?; // warm-up
@@ -403,6 +436,35 @@ async fn filter() -> anyhow::Result<()> {
             );
             results[i].push(w);
         }
+    }
+    if let Some(&base) = order.first().filter(|_| !focus.is_empty()) {
+        println!(
+            "\n{} against {} within each of {rounds} rounds of {secs}s (median; lowest, highest):",
+            focus[1..].join(", "),
+            names[base]
+        );
+        for &i in &order[1..] {
+            let ratios = |f: fn(&Wrk) -> f64, inverse: bool| {
+                let mut v: Vec<f64> = results[i]
+                    .iter()
+                    .zip(&results[base])
+                    .map(|(a, b)| if inverse { f(b) / f(a) } else { f(a) / f(b) })
+                    .collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                (
+                    median(v.clone()),
+                    v.first().copied().unwrap_or(f64::NAN),
+                    v.last().copied().unwrap_or(f64::NAN),
+                )
+            };
+            let (r, rl, rh) = ratios(|w| w.rps, false);
+            let (c, cl, ch) = ratios(|w| w.cpu_us_per_req, true);
+            println!(
+                "  {:<11} req/s {r:.3} ({rl:.3}, {rh:.3})  by CPU {c:.3} ({cl:.3}, {ch:.3})",
+                names[i]
+            );
+        }
+        return Ok(());
     }
     // Memory per Wasm VM: Envoy's RSS with every listener, less a baseline Envoy with only the plain and native
     // listeners, over the VMs V8 holds (Envoy exports no V8 heap figure).
