@@ -2,6 +2,7 @@
 //! cluster, and writes status, all only while this replica holds the leader Lease.
 
 use crate::desired::{self, Desired, ObjectKey};
+use crate::error::Error;
 use crate::hub::{HubReader, HubState};
 use crate::leader::LeaderElector;
 use crate::member::{ClusterPlan, ClusterReport, Worker, WorkerConfig};
@@ -52,6 +53,10 @@ pub struct ControllerArgs {
     /// Timeout of each call to a member cluster.
     #[arg(long, default_value = "10")]
     pub member_timeout_seconds: u64,
+    /// Deadline of each read of the hub (the lists one reconcile makes) and of each pass writing status to
+    /// it: a hub that stops answering is reported and retried instead of stalling the loop.
+    #[arg(long, default_value = "30")]
+    pub hub_timeout_seconds: u64,
     /// This replica's name in the leader Lease (default: hostname and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -263,13 +268,20 @@ async fn lead(
     let mut revision = 0u64;
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut hub_dirty = true;
+    let hub_timeout = Duration::from_secs(args.hub_timeout_seconds.max(1));
     // When status was last written, and when reports that changed it are next written.
     let mut status_written = tokio::time::Instant::now();
     let mut status_due: Option<tokio::time::Instant> = None;
     loop {
         if hub_dirty {
             hub_dirty = false;
-            match reader.load().await {
+            let read = tokio::time::timeout(hub_timeout, reader.load()).await;
+            match read.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    cluster: "hub".into(),
+                    seconds: hub_timeout.as_secs(),
+                })
+            }) {
                 Ok(s) => {
                     state = s;
                     want = desired::compute(&state.hub, &settings);
@@ -319,6 +331,13 @@ async fn lead(
                 }
                 Err(e) => {
                     log::warn!("reading the hub: {e}");
+                    metrics
+                        .errors
+                        .get_or_create(&crate::metrics::ErrorLabels {
+                            cluster: "hub".into(),
+                            kind: e.metric_label().into(),
+                        })
+                        .inc();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     hub_dirty = true;
                 }
@@ -329,7 +348,7 @@ async fn lead(
                 plans: &plans,
                 reports: &reports,
             };
-            status.write_all(&view).await;
+            write_status(&mut status, &view, hub_timeout).await;
             status_written = tokio::time::Instant::now();
             status_due = None;
         }
@@ -357,13 +376,27 @@ async fn lead(
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 let view = View { state: &state, desired: &want, plans: &plans, reports: &reports };
-                status.write_all(&view).await;
+                write_status(&mut status, &view, hub_timeout).await;
                 status_written = tokio::time::Instant::now();
                 status_due = None;
             }
             _ = resync.tick() => hub_dirty = true,
         }
         trimmer.maybe_trim();
+    }
+}
+
+/// Writes status for `view` to the hub within `limit`; a pass cut short is written again on the next change
+/// or resync (each write compares with what the hub has).
+async fn write_status(status: &mut StatusWriter, view: &View<'_>, limit: Duration) {
+    if tokio::time::timeout(limit, status.write_all(view))
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "writing status to the hub: no answer within {}s; written again on the next change",
+            limit.as_secs()
+        );
     }
 }
 

@@ -54,7 +54,7 @@ impl Default for Metrics {
         );
         registry.register(
             "errors",
-            "Reconcile errors by cluster and kind",
+            "Reconcile errors by cluster (`hub` for reading the hub) and kind",
             errors.clone(),
         );
         registry.register(
@@ -100,5 +100,56 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// Every controller metric docs/metrics.md lists is what /metrics serves, and every one served is listed.
+    #[test]
+    fn the_documented_metrics_are_the_served_ones() {
+        let m = Metrics::default();
+        let cluster = ClusterLabel {
+            cluster: "c1".into(),
+        };
+        m.reconciles.get_or_create(&cluster).inc();
+        m.errors
+            .get_or_create(&ErrorLabels {
+                cluster: "hub".into(),
+                kind: "timeout".into(),
+            })
+            .inc();
+        m.writes
+            .get_or_create(&WriteLabels {
+                cluster: "c1".into(),
+                verb: "apply".into(),
+            })
+            .inc();
+        m.apply_seconds.observe(0.1);
+        let served: std::collections::BTreeSet<String> = m
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|name| match name {
+                // Counters are declared without the `_total` their samples carry.
+                n if m.encode().contains(&format!("{n}_total{{")) => format!("{n}_total"),
+                n => n.to_string(),
+            })
+            .collect();
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+                .unwrap();
+        let section = docs.split("## Controller metrics").nth(1).unwrap();
+        let documented: std::collections::BTreeSet<String> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(String::from)
+            .collect();
+        assert_eq!(served, documented);
     }
 }

@@ -434,3 +434,49 @@ async fn a_leader_whose_renewals_hang_stops_at_the_renewal_deadline() {
     let _ = controller.await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// A hub that answers slower than `--hub-timeout-seconds` fails each read of it with a timeout (logged, and
+/// counted under cluster `hub`) instead of holding the loop until it answers; once it answers in time, a
+/// change syncs again. Without the deadline each read would just take its time (seven calls of 1.5 s) and
+/// no timeout would ever show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_reads_that_take_too_long_time_out_and_are_retried() {
+    capture_logs();
+    let Some(s) = setup(true).await else { return };
+    let (c1, c2) = (&s.members[0], &s.members[1]);
+    let mut a = args(&s, "slow-reads");
+    a.hub_timeout_seconds = 1;
+    // Renewals get two thirds of the Lease, far more than the hub's 1.5 s: this replica stays the leader.
+    a.lease_seconds = 30;
+    let timed_out = || {
+        LOGS.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("reading the hub: cluster hub did not answer within 1s"))
+            .count()
+    };
+    let controller = tokio::spawn(run_async(a));
+    wait_for("initial sync", Duration::from_secs(15), || {
+        canary_weight(c1) == Some(10) && canary_weight(c2) == Some(10)
+    })
+    .await;
+    assert_eq!(timed_out(), 0);
+    s.hub.faults().set_latency(Duration::from_millis(1500));
+    set_canary_weight(&s.hub, 44);
+    wait_for(
+        "a read of the hub times out",
+        Duration::from_secs(8),
+        || timed_out() >= 1,
+    )
+    .await;
+    s.hub.faults().set_latency(Duration::ZERO);
+    wait_for(
+        "the change syncs once the hub answers in time",
+        Duration::from_secs(15),
+        || canary_weight(c1) == Some(44) && canary_weight(c2) == Some(44),
+    )
+    .await;
+    controller.abort();
+    let _ = controller.await;
+    let _ = std::fs::remove_dir_all(&s.dir);
+}

@@ -169,6 +169,7 @@ async fn controller_against_a_real_cluster() {
         kubestellar_owns_bindings: false,
         resync_seconds: 5,
         member_timeout_seconds: 5,
+        hub_timeout_seconds: 30,
         identity: Some("ksit-e2e".into()),
         lease_seconds: 5,
     };

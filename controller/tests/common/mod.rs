@@ -152,6 +152,7 @@ pub fn args(s: &Setup, identity: &str) -> ControllerArgs {
         kubestellar_owns_bindings: false,
         resync_seconds: 3,
         member_timeout_seconds: 2,
+        hub_timeout_seconds: 30,
         identity: Some(identity.into()),
         lease_seconds: 3,
     }

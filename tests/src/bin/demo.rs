@@ -164,6 +164,7 @@ async fn run() -> anyhow::Result<()> {
         kubestellar_owns_bindings: false,
         resync_seconds: 30,
         member_timeout_seconds: 3,
+        hub_timeout_seconds: 30,
         identity: Some("ksit-demo".into()),
         lease_seconds: 10,
     };
