@@ -129,6 +129,9 @@ pub struct RenderSettings {
     pub module: ModuleSource,
     /// Namespace of the gateways a `selector` such as `istio: ingressgateway` picks.
     pub gateway_namespace: String,
+    /// Render `headerForStable: false`: requests to a rule's stable destination go unmarked, by the
+    /// VirtualService's default route.
+    pub stable_by_default_route: bool,
 }
 
 /// Everything on the hub that decides the desired state.
@@ -359,14 +362,21 @@ pub fn wasm_plugin_name(tp_namespace: &str, tp_name: &str, plugin_namespace: &st
     }
 }
 
-/// The filter's pluginConfig for one cluster: the spec with that cluster's overrides resolved, plus its name
-/// and `headerForStable: false` (the VirtualService's default routes lead to the stable destinations).
-pub fn plugin_config(spec: &TrafficPolicySpec, cluster: &str) -> Value {
+/// The filter's pluginConfig for one cluster: the spec with that cluster's overrides resolved, plus its
+/// name, and `headerForStable: false` when `stable_by_default_route` (the VirtualService's default routes
+/// lead to the stable destinations).
+pub fn plugin_config(
+    spec: &TrafficPolicySpec,
+    cluster: &str,
+    stable_by_default_route: bool,
+) -> Value {
     let resolved = spec.resolve(Some(cluster));
     let mut v = serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}));
     if let Some(m) = v.as_object_mut() {
         m.insert("cluster".into(), json!(cluster));
-        m.insert("headerForStable".into(), json!(false));
+        if stable_by_default_route {
+            m.insert("headerForStable".into(), json!(false));
+        }
     }
     v
 }
@@ -425,7 +435,7 @@ fn render_wasm_plugin(
     s.insert("pluginName".into(), json!("ksit"));
     s.insert("failStrategy".into(), json!(fail_strategy_name(spec)));
     let config = if let [only] = members {
-        plugin_config(&only.tp.spec.0, cluster)
+        plugin_config(&only.tp.spec.0, cluster, settings.stable_by_default_route)
     } else {
         let policies: Vec<Value> = members
             .iter()
@@ -434,7 +444,11 @@ fn render_wasm_plugin(
                 json!({"name": m.id(), "spec": serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}))})
             })
             .collect();
-        json!({"cluster": cluster, "headerForStable": false, "policies": policies})
+        let mut v = json!({"cluster": cluster, "policies": policies});
+        if settings.stable_by_default_route {
+            v["headerForStable"] = json!(false);
+        }
+        v
     };
     s.insert("pluginConfig".into(), config);
     s.insert(
@@ -590,8 +604,20 @@ fn render_policies(
         let (ns, name) = policy_id(oldest.tp);
         let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
         for m in &applied {
-            out.objects
-                .push(render_virtual_service(m.tp, cluster, &m.bindings()));
+            if invalid.is_empty() {
+                out.objects
+                    .push(render_virtual_service(m.tp, cluster, &m.bindings()));
+            } else {
+                // The WasmPlugin keeps its previous configuration, so its VirtualServices keep theirs: the
+                // filter's decisions and the routes that carry them out stay a pair (a default route that
+                // followed a new weight while the filter kept the old one would move the stable traffic).
+                let (ns, name) = policy_id(m.tp);
+                out.retain.push(ObjectKey {
+                    kind: ResourceKind::virtual_service(),
+                    namespace: Some(ns),
+                    name: format!("ksit-{name}"),
+                });
+            }
         }
         if !invalid.is_empty() {
             out.retain.push(ObjectKey {
@@ -610,7 +636,7 @@ fn render_policies(
                     &m.id(),
                     "HeldByInvalidPolicy",
                     format!(
-                        "WasmPlugin {plugin_ns}/{plugin_name}, which it shares with TrafficPolicy {culprits}, keeps its previous configuration until that spec is valid again"
+                        "WasmPlugin {plugin_ns}/{plugin_name}, which it shares with TrafficPolicy {culprits}, and this policy's VirtualService keep their previous configuration until that spec is valid again"
                     ),
                 ));
             }
@@ -632,9 +658,9 @@ fn destination_json(d: &ksit_policy::spec::Destination) -> Value {
 }
 
 /// The VirtualService that routes on the filter's decision, then each rule's matches to its stable
-/// destination ([`ksit_policy::spec::HttpRule::stable_index`]): for the requests the filter sends there
-/// (it leaves them unmarked, `headerForStable: false` in the pluginConfig) and those it did not decide
-/// (e.g. when it is absent or failed open).
+/// destination ([`ksit_policy::spec::HttpRule::stable_index`]): for the requests the filter did not decide
+/// (e.g. when it is absent or failed open) and, with `--stable-by-default-route`, those it sends there
+/// unmarked (`headerForStable: false` in the pluginConfig).
 pub fn render_virtual_service(
     tp: &TrafficPolicy,
     cluster: &str,
@@ -1221,12 +1247,14 @@ mod tests {
     fn plugin_config_resolves_overrides_for_the_cluster() {
         let spec: TrafficPolicySpec = serde_json::from_value(json!({"hosts": ["h"], "http": [{"name": "a", "route": [{"destination": {"host": "x"}}]}],
             "overrides": [{"clusters": ["c1"], "http": [{"name": "a", "route": [{"destination": {"host": "y"}}]}]}]})).unwrap_or_default();
-        let c1 = plugin_config(&spec, "c1");
+        let c1 = plugin_config(&spec, "c1", false);
+        assert!(c1.get("headerForStable").is_none());
+        assert_eq!(plugin_config(&spec, "c1", true)["headerForStable"], false);
         assert_eq!(c1["cluster"], "c1");
         assert_eq!(c1["http"][0]["route"][0]["destination"]["host"], "y");
         assert!(c1.get("overrides").is_none());
         assert_eq!(
-            plugin_config(&spec, "c2")["http"][0]["route"][0]["destination"]["host"],
+            plugin_config(&spec, "c2", false)["http"][0]["route"][0]["destination"]["host"],
             "x"
         );
     }
@@ -1263,6 +1291,7 @@ mod tests {
                 image: "oci://r/ksit:1".into(),
             },
             gateway_namespace: "istio-system".into(),
+            stable_by_default_route: false,
         }
     }
 
@@ -1459,6 +1488,40 @@ mod tests {
             let decision = engine.decide(&req, 1);
             assert_eq!(decision.destination.map(|x| x.key.as_str()), Some(dest));
         }
+        // Every decided request is marked unless the controller runs with --stable-by-default-route.
+        assert!(engine.header_for_stable());
+        let hub = gateway_hub(vec![
+            policy(
+                "cart",
+                "2026-02-01T00:00:00Z",
+                &["cart.example.com"],
+                "FAIL_OPEN",
+            ),
+            policy(
+                "orders",
+                "2026-01-01T00:00:00Z",
+                &["orders.example.com"],
+                "FAIL_OPEN",
+            ),
+        ]);
+        let unmarked = compute(
+            &hub,
+            &RenderSettings {
+                stable_by_default_route: true,
+                ..settings()
+            },
+        );
+        let config = unmarked.clusters["c1"]
+            .objects
+            .iter()
+            .find(|o| o.kind.kind == "WasmPlugin")
+            .map(|o| o.manifest["spec"]["pluginConfig"].clone())
+            .unwrap_or_default();
+        assert_eq!(config["headerForStable"], false);
+        let text = serde_json::to_vec(&config).unwrap_or_default();
+        let engine =
+            ksit_policy::Engine::from_json(&text, None).unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert!(!engine.header_for_stable());
         // A different failStrategy cannot share the plugin (it is a WasmPlugin field).
         let d = compute(
             &gateway_hub(vec![
@@ -1542,14 +1605,17 @@ mod tests {
             "FAIL_OPEN",
         );
         let d = compute(&gateway_hub(vec![bad.clone(), good.clone()]), &settings());
-        // The good policy's VirtualService still follows it; the shared plugin is neither rendered nor pruned.
-        assert_eq!(kinds_in(&d, "c1"), ["VirtualService shop/ksit-good"]);
-        let retained: Vec<String> = d.retain.iter().map(ToString::to_string).collect();
+        // The shared plugin and the good policy's VirtualService are held as they are (neither rendered nor
+        // pruned), so the filter's decisions and the routes that carry them out stay a pair.
+        assert!(kinds_in(&d, "c1").is_empty(), "{:?}", kinds_in(&d, "c1"));
+        let mut retained: Vec<String> = d.retain.iter().map(ToString::to_string).collect();
+        retained.sort();
         assert_eq!(
             retained,
             [
+                "VirtualService shop/ksit-bad",
+                "VirtualService shop/ksit-good",
                 "WasmPlugin istio-system/ksit-shop-bad",
-                "VirtualService shop/ksit-bad"
             ]
         );
         assert_eq!(d.notes.len(), 1, "{:?}", d.notes);

@@ -115,8 +115,13 @@ pub fn spec_of(doc: &Document) -> anyhow::Result<(TrafficPolicySpec, Vec<String>
     Ok((spec, notes))
 }
 
-/// Compiles the chosen document for `cluster`.
-pub fn engine_for(doc: &Document, cluster: Option<&str>) -> anyhow::Result<(Engine, Vec<String>)> {
+/// Compiles the chosen document for `cluster`, as the controller renders it (`stable_by_default_route`:
+/// with `--stable-by-default-route`).
+pub fn engine_for(
+    doc: &Document,
+    cluster: Option<&str>,
+    stable_by_default_route: bool,
+) -> anyhow::Result<(Engine, Vec<String>)> {
     let (spec, notes) = spec_of(doc)?;
     let cfg = PluginConfig {
         cluster: cluster.map(String::from),
@@ -124,8 +129,7 @@ pub fn engine_for(doc: &Document, cluster: Option<&str>) -> anyhow::Result<(Engi
             name: "policy".into(),
             spec,
         }],
-        // As the controller renders it: its VirtualService's default routes lead to the stable destinations.
-        header_for_stable: false,
+        header_for_stable: !stable_by_default_route,
     };
     let engine = Engine::compile(&cfg, None).map_err(|e| {
         anyhow::anyhow!(

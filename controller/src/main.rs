@@ -81,6 +81,10 @@ struct ExplainArgs {
     /// Resolve the policy's per-cluster overrides for this cluster.
     #[arg(long)]
     cluster: Option<String>,
+    /// As `ksit controller --stable-by-default-route` renders it: requests to a rule's stable destination
+    /// are left unmarked.
+    #[arg(long)]
+    stable_by_default_route: bool,
     /// `text` (default) or `json`.
     #[arg(short = 'o', long = "output", default_value = "text")]
     output: String,
@@ -116,7 +120,8 @@ fn explain(a: &ExplainArgs) -> anyhow::Result<()> {
                 .join(", ")
         ),
     };
-    let (engine, notes) = explain::engine_for(doc, a.cluster.as_deref())?;
+    let (engine, notes) =
+        explain::engine_for(doc, a.cluster.as_deref(), a.stable_by_default_route)?;
     let default_authority = doc.value["spec"]["hosts"]
         .as_array()
         .and_then(|h| {

@@ -44,6 +44,13 @@ pub struct ModuleArgs {
     /// Namespace where the gateways selected by `istio: ingressgateway` run.
     #[arg(long, env = "KSIT_GATEWAY_NAMESPACE", default_value = "istio-system")]
     pub gateway_namespace: String,
+    /// Leave requests the filter sends to their rule's stable destination unmarked (pluginConfig
+    /// `headerForStable: false`): the VirtualService's default route takes them there, and Envoy keeps the
+    /// route it chose before the filter ran. Saves a route selection for most requests; assumes no filter
+    /// before ksit changes the headers rules match on without clearing the route cache, and a filter
+    /// module that knows the field (see docs/trafficpolicy.md).
+    #[arg(long, env = "KSIT_STABLE_BY_DEFAULT_ROUTE")]
+    pub stable_by_default_route: bool,
 }
 
 impl ModuleArgs {
@@ -74,6 +81,7 @@ impl ModuleArgs {
             crate::desired::RenderSettings {
                 module: source,
                 gateway_namespace: self.gateway_namespace.clone(),
+                stable_by_default_route: self.stable_by_default_route,
             },
         ))
     }

@@ -106,17 +106,25 @@ fn explain_many_requests_and_unmatched() {
         (Some(false), &Value::Null)
     );
     assert_eq!(lines[3]["matched"], false);
-    // The filter leaves requests to the stable destination unmarked (the VirtualService's default route
-    // takes them there) and marks the others.
+    // Every decided request is marked by default.
     assert_eq!(
-        (lines[0]["stable"].as_bool(), &lines[0]["header"]),
-        (Some(true), &Value::Null)
+        (lines[0]["stable"].as_bool(), lines[0]["header"].as_str()),
+        (Some(true), Some("web-service"))
     );
     assert_eq!(
         (lines[1]["stable"].as_bool(), lines[1]["header"].as_str()),
         (Some(false), Some("api-service-v2"))
     );
-    let (_, text, _) = ksit(&["explain", "-f", TP, "--path", "/web/a"]);
+    // With --stable-by-default-route, requests to the stable destination are not (the VirtualService's
+    // default route takes them there).
+    let (_, text, _) = ksit(&[
+        "explain",
+        "-f",
+        TP,
+        "--path",
+        "/web/a",
+        "--stable-by-default-route",
+    ]);
     assert!(
         text.contains("x-ksit-destination not written: the stable destination"),
         "{text}"
@@ -127,6 +135,7 @@ fn explain_many_requests_and_unmatched() {
         TP,
         "--path",
         "/web/a",
+        "--stable-by-default-route",
         "-H",
         "x-ksit-destination: api-service-v2",
     ]);

@@ -163,6 +163,7 @@ async fn controller_against_a_real_cluster() {
             module_base_url: "http://ksit-controller.ksit-system.svc:8080".into(),
             oci_image: None,
             gateway_namespace: "istio-system".into(),
+            stable_by_default_route: false,
         },
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],

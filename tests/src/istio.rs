@@ -65,7 +65,12 @@ pub fn routes(
         for (j, m) in matches.iter().enumerate() {
             let mut em = route_match(m)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", at(&format!("match[{j}]"))))?;
-            em.entry("prefix").or_insert(json!("/"));
+            if !["prefix", "path", "safe_regex"]
+                .iter()
+                .any(|k| em.contains_key(*k))
+            {
+                em.insert("prefix".into(), json!("/"));
+            }
             out.push(json!({"name": r["name"], "match": em, "route": action}));
         }
     }
@@ -171,6 +176,7 @@ mod tests {
         assert_eq!(r[0]["match"]["headers"][0]["name"], "x-ksit-destination");
         assert_eq!(r[0]["route"]["cluster"], "c-api|v2");
         assert_eq!(r[1]["match"]["path"], "/x");
+        assert!(r[1]["match"].get("prefix").is_none(), "{}", r[1]);
         assert_eq!(r[1]["match"]["case_sensitive"], false);
         assert_eq!(r[2]["match"]["prefix"], "/");
         assert_eq!(r[2]["route"]["timeout"], "3s");

@@ -638,7 +638,7 @@ async fn rendered_policy_sends_stable_requests_by_the_default_route() {
         serde_json::from_value(seed_without_faults()).unwrap();
     let mut tp = TrafficPolicy::new("myapp", TrafficPolicyResourceSpec(spec.clone()));
     tp.metadata.namespace = Some("default".into());
-    let config = plugin_config(&spec, "cluster1");
+    let config = plugin_config(&spec, "cluster1", true);
     assert_eq!(config["headerForStable"], false);
     let vs = render_virtual_service(&tp, "cluster1", &[]).manifest["spec"].clone();
     let echoed = |r: &ksit_tests::client::Response| {

@@ -158,6 +158,7 @@ async fn run() -> anyhow::Result<()> {
             module_base_url: format!("http://127.0.0.1:{port}"),
             oci_image: None,
             gateway_namespace: "istio-system".into(),
+            stable_by_default_route: false,
         },
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],
