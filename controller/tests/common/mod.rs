@@ -133,14 +133,11 @@ pub async fn setup(istio_on_cluster3: bool) -> Option<Setup> {
 }
 
 pub fn args(s: &Setup, identity: &str) -> ControllerArgs {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     ControllerArgs {
         kubeconfig: Some(s.dir.join("hub.kubeconfig")),
-        listen: ([127, 0, 0, 1], port).into(),
+        // Any free port, bound by the controller itself: no test talks to it, and a port picked here and
+        // released could be taken by another process before the controller binds it.
+        listen: ([127, 0, 0, 1], 0).into(),
         module: ModuleArgs {
             module: s.module.clone(),
             module_base_url: "http://ksit-controller.ksit-system.svc:8080".into(),
