@@ -3,9 +3,7 @@
 
 use crate::manifests::Document;
 use ksit_policy::engine::{AbortStatus, KeyKind, Pick};
-use ksit_policy::{
-    Engine, NamedPolicy, PluginConfig, Request, TrafficPolicySpec, DESTINATION_HEADER,
-};
+use ksit_policy::{Engine, NamedPolicy, PluginConfig, Request, TrafficPolicySpec};
 use serde_json::{json, Map, Value};
 
 /// A request to explain.
@@ -178,7 +176,8 @@ pub fn decide(engine: &Engine, req: &ExplainRequest, entropy: u64) -> Value {
         .iter()
         .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect();
-    let d = engine.decide(&Request::new(&refs), entropy);
+    let req = Request::new(&refs);
+    let d = engine.decide(&req, entropy);
     let Some(rule) = d.rule else {
         let why = if d.policy.is_some() {
             "no rule matches; the request passes unchanged"
@@ -224,12 +223,9 @@ pub fn decide(engine: &Engine, req: &ExplainRequest, entropy: u64) -> Value {
         }
         a
     });
-    let carried = refs
-        .iter()
-        .any(|(k, _)| *k == DESTINATION_HEADER.as_bytes());
     let header = d
         .destination
-        .filter(|_| engine.writes_header(&d, carried))
+        .filter(|_| engine.writes_header(&d, &req))
         .map(|x| x.key.clone());
     json!({"matched": true, "route": route, "destination": dest, "pick": pick, "stable": d.stable(),
            "fault": {"delay": delay, "abort": abort}, "header": header})

@@ -482,7 +482,8 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
         .iter()
         .find(|(n, _)| *n == DESTINATION_HEADER.as_bytes())
         .map(|(_, v)| *v);
-    let d = root.engine.decide(&Request::new(&pairs), root.entropy());
+    let req = Request::new(&pairs);
+    let d = root.engine.decide(&req, root.entropy());
     // A destination already on the request is a client's (replaced or removed), unless an earlier ksit
     // filter in this chain set it.
     let spoofed = destination.is_some_and(|v| {
@@ -496,7 +497,7 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
         (Some(rule), Some(dest)) => {
             // Unless the routes' default leads there anyway (a stable destination, `headerForStable`
             // false, no header to replace): then the route Envoy chose stays, and is not selected again.
-            if root.engine.writes_header(&d, destination.is_some()) {
+            if root.engine.writes_header(&d, &req) {
                 host::set_request_header(DESTINATION_HEADER, dest.key.as_bytes());
                 if several {
                     host::set_property(DECIDED_PROPERTY, dest.key.as_bytes());

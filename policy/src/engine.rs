@@ -10,7 +10,7 @@ use crate::error::{ConfigError, FieldError};
 use crate::hash::{slot, StableHasher, BUCKETS, ROLL_SPACE};
 use crate::request::Request;
 use crate::spec::*;
-use crate::validate::{grpc_code, validate_spec};
+use crate::validate::{grpc_code, validate_spec, DESTINATION_HEADER};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -48,6 +48,8 @@ pub struct CompiledPolicy {
     pub rules: Vec<CompiledRule>,
     /// For large policies: the rules a path can match (see `index`).
     index: Option<crate::index::RuleIndex>,
+    /// The headers its rules match on (`headers`, `withoutHeaders`), each once.
+    matched_headers: Vec<Box<[u8]>>,
 }
 
 impl CompiledPolicy {
@@ -395,10 +397,19 @@ impl Engine {
                     }
                 }
             }
+            let mut matched_headers: Vec<Box<[u8]>> = rules
+                .iter()
+                .flat_map(|r| &r.matches)
+                .flat_map(|m| m.headers.iter().chain(&m.without_headers))
+                .map(|(name, _)| name.clone())
+                .collect();
+            matched_headers.sort();
+            matched_headers.dedup();
             engine.policies.push(CompiledPolicy {
                 name: p.name.clone(),
                 rules,
                 index: crate::index::RuleIndex::build(&spec.http),
+                matched_headers,
             });
         }
         if engine.max_active_faults == u32::MAX {
@@ -558,12 +569,24 @@ impl Engine {
         self.header_for_stable
     }
 
-    /// Whether the filter writes `x-ksit-destination` for decision `d` of a request that already carries
-    /// that header (`carried`) or not: for every chosen destination, except a rule's stable one when
-    /// `headerForStable` is false and there is no header to replace (the routes' default sends the
-    /// request there).
-    pub fn writes_header(&self, d: &Decision<'_, '_>, carried: bool) -> bool {
-        d.destination.is_some() && (self.header_for_stable || carried || !d.stable())
+    /// Whether the filter writes `x-ksit-destination` for decision `d` of `req`: for every chosen
+    /// destination, except a rule's stable one when `headerForStable` is false, where the routes' default
+    /// sends the request (the route Envoy chose before the filter ran) and agrees with the filter's rule.
+    /// It may not agree, so the request is marked after all, when it carries a header to replace, or when a
+    /// header the policy's rules match on appears more than once: the engine matches its first value,
+    /// Envoy's route matching the values joined by commas.
+    pub fn writes_header(&self, d: &Decision<'_, '_>, req: &Request<'_>) -> bool {
+        if d.destination.is_none() {
+            return false;
+        }
+        if self.header_for_stable
+            || !d.stable()
+            || req.header(DESTINATION_HEADER.as_bytes()).is_some()
+        {
+            return true;
+        }
+        d.policy
+            .is_some_and(|p| p.matched_headers.iter().any(|n| req.repeats(n)))
     }
     pub fn max_active_faults(&self) -> u32 {
         self.max_active_faults

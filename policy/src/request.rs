@@ -20,6 +20,15 @@ impl<'a> Request<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// Whether header `name` (lower case) appears more than once.
+    pub fn repeats(&self, name: &[u8]) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .nth(1)
+            .is_some()
+    }
+
     pub fn path(&self) -> &'a [u8] {
         self.header(b":path").unwrap_or(b"/")
     }

@@ -63,7 +63,7 @@ impl Req {
             delay_roll: d.delay.map(|r| r.roll),
             abort_roll: d.abort.map(|r| r.roll),
             stable: d.stable(),
-            marks: e.writes_header(&d, pairs.iter().any(|(k, _)| *k == b"x-ksit-destination")),
+            marks: e.writes_header(&d, &Request::new(&pairs)),
         }
     }
 }

@@ -511,3 +511,34 @@ fn stable_requests_are_marked_only_when_asked_to_or_to_replace_a_header() {
     let none = Req::get("other.example.com", "/web").decide(&rendered, 0);
     assert!(!none.stable && !none.marks);
 }
+
+/// Envoy's route matching reads a repeated header as its values joined by commas, the engine its first
+/// value, so Envoy's first route choice may follow another rule: with a header the policy matches on
+/// repeated, a request to the stable destination is marked after all.
+#[test]
+fn a_repeated_matched_header_marks_a_stable_request() {
+    let spec = json!({"hosts": [HOST], "headerForStable": false, "http": [
+        {"name": "premium", "match": [{"withoutHeaders": {"x-tier": {"exact": "free"}}}], "route": one("premium")},
+        {"name": "rest", "route": one("free-svc")}]});
+    let e = engine(spec);
+    let once = Req::get(HOST, "/").h("x-tier", "free").decide(&e, 0);
+    assert_eq!(
+        (once.dest.as_deref(), once.stable, once.marks),
+        (Some("free-svc"), true, false)
+    );
+    let twice = Req::get(HOST, "/")
+        .h("x-tier", "free")
+        .h("x-tier", "free")
+        .decide(&e, 0);
+    assert_eq!(
+        (twice.dest.as_deref(), twice.stable, twice.marks),
+        (Some("free-svc"), true, true)
+    );
+    // A repeated header no rule matches on changes nothing.
+    let other = Req::get(HOST, "/")
+        .h("x-tier", "free")
+        .h("x-other", "a")
+        .h("x-other", "b")
+        .decide(&e, 0);
+    assert!(!other.marks);
+}
