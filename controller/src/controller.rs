@@ -331,13 +331,7 @@ async fn lead(
                 }
                 Err(e) => {
                     log::warn!("reading the hub: {e}");
-                    metrics
-                        .errors
-                        .get_or_create(&crate::metrics::ErrorLabels {
-                            cluster: "hub".into(),
-                            kind: e.metric_label().into(),
-                        })
-                        .inc();
+                    metrics.count_error("hub", &e);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     hub_dirty = true;
                 }

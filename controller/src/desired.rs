@@ -381,6 +381,16 @@ pub fn plugin_config(
     v
 }
 
+/// The VirtualService a TrafficPolicy renders: `ksit-NAME` in its namespace.
+fn virtual_service_key(tp: &TrafficPolicy) -> ObjectKey {
+    let (ns, name) = policy_id(tp);
+    ObjectKey {
+        kind: ResourceKind::virtual_service(),
+        namespace: Some(ns),
+        name: format!("ksit-{name}"),
+    }
+}
+
 /// A TrafficPolicy's namespace (default `default`) and name.
 fn policy_id(tp: &TrafficPolicy) -> (String, String) {
     let ns = tp
@@ -564,14 +574,9 @@ fn render_policies(
         // The set is in age order, so the first member kept (valid or not) is the oldest.
         let mut oldest: Option<&Selected<'_>> = None;
         for m in group {
-            let (ns, name) = policy_id(m.tp);
             if invalid_ids.contains(&m.id()) {
                 oldest.get_or_insert(m);
-                out.retain.push(ObjectKey {
-                    kind: ResourceKind::virtual_service(),
-                    namespace: Some(ns),
-                    name: format!("ksit-{name}"),
-                });
+                out.retain.push(virtual_service_key(m.tp));
                 invalid.push(m);
                 continue;
             }
@@ -611,12 +616,7 @@ fn render_policies(
                 // The WasmPlugin keeps its previous configuration, so its VirtualServices keep theirs: the
                 // filter's decisions and the routes that carry them out stay a pair (a default route that
                 // followed a new weight while the filter kept the old one would move the stable traffic).
-                let (ns, name) = policy_id(m.tp);
-                out.retain.push(ObjectKey {
-                    kind: ResourceKind::virtual_service(),
-                    namespace: Some(ns),
-                    name: format!("ksit-{name}"),
-                });
+                out.retain.push(virtual_service_key(m.tp));
             }
         }
         if !invalid.is_empty() {
@@ -739,7 +739,7 @@ pub fn render_virtual_service(
         passthrough(rule, &mut route);
         routes.push(Value::Object(route));
     }
-    let vs_name = format!("ksit-{name}");
+    let vs_name = virtual_service_key(tp).name;
     let mut vspec = Map::new();
     vspec.insert("hosts".into(), json!(spec.hosts));
     if !spec.gateways.is_empty() {
@@ -1433,23 +1433,21 @@ mod tests {
     #[test]
     fn policies_on_the_same_workloads_share_one_wasm_plugin() {
         // "orders" is older than "cart", so the merged plugin is named after it.
-        let d = compute(
-            &gateway_hub(vec![
-                policy(
-                    "cart",
-                    "2026-02-01T00:00:00Z",
-                    &["cart.example.com"],
-                    "FAIL_OPEN",
-                ),
-                policy(
-                    "orders",
-                    "2026-01-01T00:00:00Z",
-                    &["orders.example.com"],
-                    "FAIL_OPEN",
-                ),
-            ]),
-            &settings(),
-        );
+        let hub = gateway_hub(vec![
+            policy(
+                "cart",
+                "2026-02-01T00:00:00Z",
+                &["cart.example.com"],
+                "FAIL_OPEN",
+            ),
+            policy(
+                "orders",
+                "2026-01-01T00:00:00Z",
+                &["orders.example.com"],
+                "FAIL_OPEN",
+            ),
+        ]);
+        let d = compute(&hub, &settings());
         assert_eq!(
             kinds_in(&d, "c1"),
             [
@@ -1490,20 +1488,6 @@ mod tests {
         }
         // Every decided request is marked unless the controller runs with --stable-by-default-route.
         assert!(engine.header_for_stable());
-        let hub = gateway_hub(vec![
-            policy(
-                "cart",
-                "2026-02-01T00:00:00Z",
-                &["cart.example.com"],
-                "FAIL_OPEN",
-            ),
-            policy(
-                "orders",
-                "2026-01-01T00:00:00Z",
-                &["orders.example.com"],
-                "FAIL_OPEN",
-            ),
-        ]);
         let unmarked = compute(
             &hub,
             &RenderSettings {

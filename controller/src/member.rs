@@ -6,7 +6,7 @@ use crate::desired::{
     DesiredObject, ObjectKey, ResourceKind, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
 use crate::error::Error;
-use crate::metrics::{ClusterLabel, ErrorLabels, Metrics, WriteLabels};
+use crate::metrics::{ClusterLabel, Metrics, WriteLabels};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -323,14 +323,7 @@ impl Worker {
     }
 
     fn count_error(&self, e: &Error) {
-        self.cfg
-            .metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                cluster: self.cfg.cluster.clone(),
-                kind: e.metric_label().into(),
-            })
-            .inc();
+        self.cfg.metrics.count_error(&self.cfg.cluster, e);
     }
 
     async fn connect(&mut self) -> Result<Client, Error> {

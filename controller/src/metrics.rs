@@ -96,6 +96,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts `e` in `ksit_controller_errors_total` under `cluster` (`hub` for reading the hub).
+    pub fn count_error(&self, cluster: &str, e: &crate::error::Error) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                cluster: cluster.into(),
+                kind: e.metric_label().into(),
+            })
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -129,14 +139,14 @@ mod tests {
             })
             .inc();
         m.apply_seconds.observe(0.1);
-        let served: std::collections::BTreeSet<String> = m
-            .encode()
+        let text = m.encode();
+        let served: std::collections::BTreeSet<String> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_whitespace().next())
             .map(|name| match name {
                 // Counters are declared without the `_total` their samples carry.
-                n if m.encode().contains(&format!("{n}_total{{")) => format!("{n}_total"),
+                n if text.contains(&format!("{n}_total{{")) => format!("{n}_total"),
                 n => n.to_string(),
             })
             .collect();
