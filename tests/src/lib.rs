@@ -4,6 +4,7 @@
 //!   routing on `x-ksit-destination`, with or without the ksit Wasm filter; `envoy --mode validate`.
 //! - [`backend`]: HTTP backends that answer with their name and an echo of the request.
 //! - [`client`]: a keep-alive HTTP/1.1 client, raw TCP requests, abandoned requests.
+//! - [`load`]: the filter bench's closed-loop load generator, listeners compared in short interleaved slices.
 //!
 //! The usual e2e test:
 //!
@@ -32,6 +33,7 @@ pub mod backend;
 pub mod client;
 pub mod envoy;
 pub mod istio;
+pub mod load;
 
 pub use backend::{start_all, Backend, Backends, Echo};
 pub use client::{abandon, raw, raw_status, Client, Response};

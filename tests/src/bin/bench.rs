@@ -1,10 +1,11 @@
-//! `make bench`: the filter's cost next to Envoy's own routing (wrk against one Envoy with four listeners,
-//! interleaved rounds), and the controller's propagation time to 1, 10 and 100 emulated clusters.
-//! Prints tables and writes target/bench/filter.json and target/bench/controller.json.
-//! BENCH_QUICK=1: shorter rounds, fewer clusters.
+//! `make bench`: the filter's cost next to Envoy's own routing (`ksit_tests::load` against one Envoy with
+//! a listener per variant, in short interleaved slices), and the controller's propagation time to 1, 10 and
+//! 100 emulated clusters. Prints tables and writes target/bench/filter.json and target/bench/controller.json.
+//! BENCH_QUICK=1: fewer cycles, fewer clusters.
 
 use ksit_emulator::Emulator;
 use ksit_tests::envoy::free_port;
+use ksit_tests::load::{Load, Paired, Slice, Variant};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -150,8 +151,9 @@ fn unmarked(mut config: Value) -> Value {
     config
 }
 
-/// Listeners before the stage listeners: plain, native, ksit, ksit1000, ksit20, ksit20x, ksit_unmarked.
-const FIXED: usize = 7;
+/// Listeners before the stage listeners: plain, native, ksit, ksit1000, ksit20, ksit20x, ksit_unmarked,
+/// trivial.
+const FIXED: usize = 8;
 
 /// The seed policy with fault percentages at 0: every rule is evaluated, no request is delayed.
 fn seed_no_delay() -> anyhow::Result<Value> {
@@ -161,95 +163,43 @@ fn seed_no_delay() -> anyhow::Result<Value> {
     Ok(p)
 }
 
-struct Wrk {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    /// Envoy's CPU time (user + system) per request during the run: the filter's cost without the noise
-    /// of a shared machine's throughput (NaN when not measured).
-    cpu_us_per_req: f64,
-}
-
-/// CPU time (user + system) a process has used, in microseconds (`/proc/PID/stat`, clock ticks of 10 ms).
-fn cpu_us(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which may hold spaces) start at the state, field 3; utime and stime
-    // are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) * 10_000.0
-}
-
-/// One wrk run against `port`, with Envoy's (`pid`) CPU time per request.
-fn wrk_cpu(port: u16, secs: u64, pid: u32) -> anyhow::Result<Wrk> {
-    let before = cpu_us(pid);
-    let mut w = wrk(port, secs)?;
-    let used = cpu_us(pid) - before;
-    w.cpu_us_per_req = used / (w.rps * secs as f64);
-    Ok(w)
-}
-
-fn parse_latency(s: &str) -> f64 {
-    let s = s.trim();
-    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix("ms") {
-        (v, 1000.0)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1_000_000.0)
-    } else {
-        (s, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mult
-}
-
-fn wrk(port: u16, secs: u64) -> anyhow::Result<Wrk> {
-    let out = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            "-c32",
-            &format!("-d{secs}s"),
-            "--latency",
-            "-H",
-            "Host: myapp.example.com",
-        ])
-        .arg(format!("http://127.0.0.1:{port}/api/orders"))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    let pct = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p))
-            .map(parse_latency)
-            .unwrap_or(f64::NAN)
-    };
+/// The trivial reference filter (`tests/reference-filter`, built by `make bench`).
+fn reference_module() -> anyhow::Result<String> {
+    let p = ksit_tests::repo_root().join("target/wasm32-wasip1/release/ksit_reference_filter.wasm");
     anyhow::ensure!(
-        rps > 0.0,
-        "wrk failed:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        p.exists(),
+        "{} is missing: run make bench (it builds the reference filter)",
+        p.display()
     );
-    let non2xx = text.lines().any(|l| l.contains("Non-2xx"));
-    anyhow::ensure!(!non2xx, "non-2xx answers under load:\n{text}");
-    Ok(Wrk {
-        rps,
-        p50_us: pct("50%"),
-        p99_us: pct("99%"),
-        cpu_us_per_req: f64::NAN,
-    })
+    Ok(p.to_string_lossy().to_string())
+}
+
+/// How many cycles of how long a slice: `BENCH_CYCLES` and `BENCH_SLICE_MS`, else the defaults.
+fn cycles_and_slice() -> (usize, Duration) {
+    let env_num = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (cycles, ms) = if quick() { (6, 200) } else { (40, 250) };
+    (
+        env_num("BENCH_CYCLES", cycles) as usize,
+        Duration::from_millis(env_num("BENCH_SLICE_MS", ms)),
+    )
+}
+
+/// The load of the filter bench: `GET /api/orders` for the seed's host, 32 connections per listener.
+fn load(ports: Vec<u16>, pid: u32, cycles: usize, slice: Duration) -> Load {
+    Load {
+        ports,
+        path: "/api/orders".into(),
+        host: "myapp.example.com".into(),
+        connections: 32,
+        slice,
+        cycles,
+        pid,
+    }
 }
 
 async fn filter() -> anyhow::Result<()> {
@@ -261,8 +211,8 @@ async fn filter() -> anyhow::Result<()> {
             .await?;
     let clusters: Vec<Value> = backends.iter().map(|b| cluster(&b.name, b.addr)).collect();
     // plain, native, ksit, ksit1000, ksit20 (one filter, 20 merged policies), ksit20x (20 filters),
-    // ksit_unmarked (the seed policy with stable requests unmarked, `headerForStable` false), then the stage
-    // listeners when the benchmark build of the filter is there.
+    // ksit_unmarked (the seed policy with stable requests unmarked, `headerForStable` false), trivial (the
+    // reference filter), then the stage listeners when the benchmark build of the filter is there.
     let stages = stages_module();
     let n_listeners = if stages.is_some() {
         FIXED + STAGES.len()
@@ -307,6 +257,7 @@ async fn filter() -> anyhow::Result<()> {
         "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}}}});
     let native_routes = json!([{"match": {"prefix": "/api"}, "route": {"weighted_clusters": {"clusters": [{"name": "api-service-v1", "weight": 90}, {"name": "api-service-v2", "weight": 10}]}}},
                                {"match": {"prefix": "/web"}, "route": {"cluster": "web-service"}}]);
+    let native_routes_for_trivial = native_routes.clone();
     let mut listeners = vec![
         listener(
             "plain",
@@ -348,6 +299,12 @@ async fn filter() -> anyhow::Result<()> {
                 router(),
             ],
         ),
+        listener(
+            "trivial",
+            ports[7],
+            native_routes_for_trivial,
+            vec![wasm(&json!({}), &reference_module()?, "trivial"), router()],
+        ),
     ];
     if let Some(m) = &stages {
         for (i, (name, _)) in STAGES.iter().enumerate() {
@@ -366,30 +323,15 @@ async fn filter() -> anyhow::Result<()> {
     let dir = out_dir()?;
     let cfg = dir.join("envoy-bench.json");
     std::fs::write(&cfg, bootstrap.to_string())?;
+    let dir = out_dir()?;
+    let cfg = dir.join("envoy-bench.json");
+    std::fs::write(&cfg, bootstrap.to_string())?;
     let envoy = start_pinned_envoy(&cfg, ports[ports.len() - 1]).await?;
-    // Many short rounds, each in a rotated order: on this shared machine whole stretches of seconds run
-    // slower, and short interleaved runs spread such a stretch over several variants instead of one.
-    let (rounds, secs) = if quick() { (1, 3) } else { (15, 2) };
-    // BENCH_VARIANTS=native,ksit,... runs only those listeners (BENCH_ROUNDS, BENCH_SECS: how many rounds
-    // of how long) and prints each one against the first, round by round, instead of the report: with few
-    // variants, the runs compared are seconds apart.
-    let env_num = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
+    let (cycles, slice) = cycles_and_slice();
+    // BENCH_VARIANTS=native,ksit,... loads only those listeners and prints each one against the first.
     let focus: Vec<String> = std::env::var("BENCH_VARIANTS")
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
-    let (rounds, secs) = if focus.is_empty() {
-        (rounds, secs)
-    } else {
-        (
-            env_num("BENCH_ROUNDS", 30) as usize,
-            env_num("BENCH_SECS", 1),
-        )
-    };
     let mut names = vec![
         "plain",
         "native",
@@ -398,13 +340,18 @@ async fn filter() -> anyhow::Result<()> {
         "ksit20",
         "ksit20x",
         "ksit_unmarked",
+        "trivial",
     ];
     if stages.is_some() {
         names.extend(STAGES.iter().map(|(n, _)| *n));
     }
-    let mut results: Vec<Vec<Wrk>> = names.iter().map(|_| Vec::new()).collect();
     let order: Vec<usize> = if focus.is_empty() {
-        (0..names.len()).collect()
+        // native next to ksit, and ksit next to the trivial filter: the pairs the targets compare are
+        // loaded one right after the other in every cycle.
+        [0, 1, 2, 7, 6, 3, 4, 5]
+            .into_iter()
+            .chain(FIXED..names.len())
+            .collect()
     } else {
         focus
             .iter()
@@ -416,58 +363,59 @@ async fn filter() -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?
     };
-    println!("filter: {rounds} interleaved round(s) of {secs}s per variant; Envoy on CPU 0, wrk (1 thread, 32 connections) on CPU 1");
+    println!(
+        "filter: {} listeners, {cycles} cycles of one {} ms slice each (every cycle in the opposite order to the last); \
+         Envoy on CPU 0, the load generator (32 connections per listener) and the backends on CPU 1",
+        order.len(),
+        slice.as_millis()
+    );
+    let load_ports: Vec<u16> = order.iter().map(|&i| ports[i]).collect();
     let load_started = Instant::now();
-    let mut rss_after_first_round = f64::NAN;
-    for round in 0..rounds {
-        if round == 1 {
-            rss_after_first_round = proc_status_mb(envoy.id(), "VmRSS:");
-        }
-        for k in 0..order.len() {
-            let i = order[(k + round) % order.len()];
-            let p = ports[i];
-            if round == 0 {
-                wrk(p, 1)?; // warm-up
-            }
-            let w = wrk_cpu(p, secs, envoy.id())?;
-            println!(
-                "  {:<11} {:>9.0} req/s  p50 {:>6.0}us  p99 {:>6.0}us  Envoy CPU {:>5.1}us/req",
-                names[i], w.rps, w.p50_us, w.p99_us, w.cpu_us_per_req
-            );
-            results[i].push(w);
-        }
+    // A first short pass warms every VM up (and shows Envoy's memory after serving every listener once).
+    load(load_ports.clone(), envoy.id(), 1, slice).run_on_own_thread()?;
+    let rss_after_first_round = proc_status_mb(envoy.id(), "VmRSS:");
+    let measured = load(load_ports, envoy.id(), cycles, slice).run_on_own_thread()?;
+    let mut results: Vec<Variant> = names.iter().map(|_| Variant::default()).collect();
+    for (v, &i) in measured.into_iter().zip(&order) {
+        results[i] = v;
     }
+    for &i in &order {
+        let v = &results[i];
+        println!(
+            "  {:<14} {:>7.0} req/s  p50 {:>5.0}us  p99 {:>5.0}us  Envoy CPU {:>5.1}us/req  Envoy busy {:.0}%",
+            names[i],
+            v.rps(),
+            v.latency_us(50.0),
+            v.latency_us(99.0),
+            v.cpu_us_per_req(),
+            v.busy() * 100.0
+        );
+    }
+    // Within each cycle, the two slices compared ran within a second or two of each other.
+    let paired_rps = |a: usize, b: usize| Paired::new(&results[a], &results[b], Slice::rps);
+    let paired_cpu =
+        |a: usize, b: usize| Paired::new(&results[b], &results[a], Slice::cpu_us_per_req);
+    let paired_p99 = |a: usize, b: usize| Paired::new(&results[a], &results[b], |s| s.p99_us);
     if let Some(&base) = order.first().filter(|_| !focus.is_empty()) {
         println!(
-            "\n{} against {} within each of {rounds} rounds of {secs}s (median; lowest, highest):",
-            focus[1..].join(", "),
+            "\nagainst {}, the ratio within each cycle (median, 95% confidence interval):",
             names[base]
         );
         for &i in &order[1..] {
-            let ratios = |f: fn(&Wrk) -> f64, inverse: bool| {
-                let mut v: Vec<f64> = results[i]
-                    .iter()
-                    .zip(&results[base])
-                    .map(|(a, b)| if inverse { f(b) / f(a) } else { f(a) / f(b) })
-                    .collect();
-                v.sort_by(|a, b| a.total_cmp(b));
-                (
-                    median(v.clone()),
-                    v.first().copied().unwrap_or(f64::NAN),
-                    v.last().copied().unwrap_or(f64::NAN),
-                )
-            };
-            let (r, rl, rh) = ratios(|w| w.rps, false);
-            let (c, cl, ch) = ratios(|w| w.cpu_us_per_req, true);
             println!(
-                "  {:<11} req/s {r:.3} ({rl:.3}, {rh:.3})  by CPU {c:.3} ({cl:.3}, {ch:.3})",
-                names[i]
+                "  {:<14} req/s {}\n  {:<14} by CPU {}\n  {:<14} p99 {}",
+                names[i],
+                paired_rps(i, base),
+                "",
+                paired_cpu(i, base),
+                "",
+                paired_p99(i, base)
             );
         }
         return Ok(());
     }
-    // Memory per Wasm VM: Envoy's RSS with every listener, less a baseline Envoy with only the plain and native
-    // listeners, over the VMs V8 holds (Envoy exports no V8 heap figure).
+    // Memory per Wasm VM: Envoy's RSS with every listener, less a baseline Envoy with only the plain
+    // listener, over the VMs V8 holds (Envoy exports no V8 heap figure).
     let stats = admin_get(admin, "/stats?filter=wasm.envoy.wasm.runtime.v8.active")
         .await
         .unwrap_or_default();
@@ -479,7 +427,7 @@ async fn filter() -> anyhow::Result<()> {
         })
         .unwrap_or(f64::NAN);
     let rss_full = proc_status_mb(envoy.id(), "VmRSS:");
-    // Growth under load: every VM served requests in every round, so a leak in the filter shows here.
+    // Growth under load: every VM served requests in every cycle, so a leak in the filter shows here.
     let load_minutes = load_started.elapsed().as_secs_f64() / 60.0;
     drop(envoy);
     let base_ports = [free_port()?, free_port()?];
@@ -491,142 +439,107 @@ async fn filter() -> anyhow::Result<()> {
     let base_cfg = dir.join("envoy-bench-baseline.json");
     std::fs::write(&base_cfg, base.to_string())?;
     let baseline = start_pinned_envoy(&base_cfg, base_ports[0]).await?;
-    wrk(base_ports[0], 1)?;
+    load(vec![base_ports[0]], baseline.id(), 1, slice).run_on_own_thread()?;
     let rss_base = proc_status_mb(baseline.id(), "VmRSS:");
     drop(baseline);
     let mb_per_vm = (rss_full - rss_base) / vms;
-    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
-    let rps: Vec<f64> = results.iter().map(|r| med(r, |w| w.rps)).collect();
-    let p50: Vec<f64> = results.iter().map(|r| med(r, |w| w.p50_us)).collect();
-    let p99: Vec<f64> = results.iter().map(|r| med(r, |w| w.p99_us)).collect();
-    let cpu: Vec<f64> = results
-        .iter()
-        .map(|r| med(r, |w| w.cpu_us_per_req))
-        .collect();
-    // The same ratios taken within each round (the variants of a round ran within seconds of each other),
-    // then the median over rounds: steadier than a ratio of medians when whole rounds run slower.
-    let paired = |a: usize, b: usize, f: fn(&Wrk) -> f64| {
-        median(
-            results[a]
-                .iter()
-                .zip(&results[b])
-                .map(|(wa, wb)| f(wa) / f(wb))
-                .collect(),
-        )
+    let rps: Vec<f64> = results.iter().map(Variant::rps).collect();
+    let p50: Vec<f64> = results.iter().map(|v| v.latency_us(50.0)).collect();
+    let p99: Vec<f64> = results.iter().map(|v| v.latency_us(99.0)).collect();
+    let cpu: Vec<f64> = results.iter().map(Variant::cpu_us_per_req).collect();
+    let per_listener = |f: &dyn Fn(usize) -> Value| {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), f(i)))
+            .collect::<serde_json::Map<_, _>>()
     };
-    let paired_rps = paired(2, 1, |w| w.rps);
-    let paired_cpu = paired(1, 2, |w| w.cpu_us_per_req);
-    let paired_p99 = paired(2, 1, |w| w.p99_us);
-    // Each variant's least disturbed round: contention on a shared machine only ever adds CPU time per
-    // request, so the lowest figure is the closest to what the variant itself costs.
-    let best_cpu: Vec<f64> = results
-        .iter()
-        .map(|r| {
-            r.iter()
-                .map(|w| w.cpu_us_per_req)
-                .fold(f64::INFINITY, f64::min)
-        })
-        .collect();
-    let best_rps: Vec<f64> = results
-        .iter()
-        .map(|r| r.iter().map(|w| w.rps).fold(0.0, f64::max))
-        .collect();
+    let ci =
+        |p: Paired| json!({"median": p.median, "low": p.low, "high": p.high, "cycles": p.cycles});
     let mut report = json!({
         "plain_rps": rps[0], "native_rps": rps[1], "filter_rps": rps[2], "filter_1000_rps": rps[3],
         "filter_vs_native": rps[2] / rps[1], "filter_vs_plain": rps[2] / rps[0], "filter_1000_vs_native": rps[3] / rps[1],
         "p50_plain_us": p50[0], "p50_native_us": p50[1], "p50_filter_us": p50[2], "p50_filter_1000_us": p50[3],
         "p99_plain_us": p99[0], "p99_native_us": p99[1], "p99_filter_us": p99[2], "p99_filter_1000_us": p99[3],
-        "cpu_us_per_req": names.iter().zip(&cpu).map(|(n, c)| (n.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
-        "filter_vs_native_by_cpu": cpu[1] / cpu[2], "filter_20_policies_vs_native_by_cpu": cpu[1] / cpu[4],
-        "filter_20_filters_vs_native_by_cpu": cpu[1] / cpu[5],
+        "module_bytes": module_bytes,
+    });
+    let more = json!({
+        "cpu_us_per_req": per_listener(&|i| json!(cpu[i])),
+        "rps": per_listener(&|i| json!(rps[i])),
+        "p99_us": per_listener(&|i| json!(p99[i])),
+        "vs_native_paired": per_listener(&|i| ci(paired_rps(i, 1))),
+        "vs_native_by_cpu_paired": per_listener(&|i| ci(paired_cpu(i, 1))),
+        "p99_vs_native_paired": per_listener(&|i| ci(paired_p99(i, 1))),
+        "filter_vs_native_paired": paired_rps(2, 1).median,
+        "filter_vs_native_by_cpu_paired": paired_cpu(2, 1).median,
+        "p99_filter_vs_native_paired": paired_p99(2, 1).median,
+        "filter_vs_native_by_cpu": cpu[1] / cpu[2],
         "filter_20_policies_rps": rps[4], "filter_20_filters_rps": rps[5],
         "filter_20_policies_vs_native": rps[4] / rps[1], "filter_20_filters_vs_native": rps[5] / rps[1],
         "p99_filter_20_policies_us": p99[4], "p99_filter_20_filters_us": p99[5],
+    });
+    let rest = json!({
+        "filter_unmarked_rps": rps[6], "filter_unmarked_vs_native": rps[6] / rps[1],
+        "filter_unmarked_vs_native_paired": paired_rps(6, 1).median,
+        "filter_unmarked_vs_filter_paired": paired_rps(6, 2).median,
+        "trivial_rps": rps[7], "trivial_vs_native_paired": paired_rps(7, 1).median,
+        "filter_vs_trivial_paired": paired_rps(2, 7).median,
         "envoy_rss_after_round_1_mb": rss_after_first_round, "envoy_rss_end_mb": rss_full, "load_minutes": load_minutes,
         "wasm_vms": vms, "envoy_rss_mb": rss_full, "envoy_baseline_rss_mb": rss_base, "mb_per_wasm_vm": mb_per_vm,
-        "module_bytes": module_bytes, "rounds": rounds, "seconds_per_round": secs, "envoy": "1.40.0",
+        "cycles": cycles, "slice_ms": slice.as_millis() as u64, "envoy": "1.40.0",
+        "load_generator": "ksit_tests::load, 32 connections per listener",
     });
-    report["filter_unmarked_rps"] = json!(rps[6]);
-    report["filter_unmarked_vs_native"] = json!(rps[6] / rps[1]);
-    report["filter_unmarked_vs_native_paired"] = json!(paired(6, 1, |w| w.rps));
-    report["filter_unmarked_vs_filter_paired"] = json!(paired(6, 2, |w| w.rps));
-    report["filter_vs_native_paired"] = json!(paired_rps);
-    report["filter_vs_native_by_cpu_paired"] = json!(paired_cpu);
-    report["p99_filter_vs_native_paired"] = json!(paired_p99);
-    report["filter_vs_native_best"] = json!(best_rps[2] / best_rps[1]);
-    report["filter_vs_native_by_cpu_best"] = json!(best_cpu[1] / best_cpu[2]);
-    report["cpu_us_per_req_best"] = names
-        .iter()
-        .zip(&best_cpu)
-        .map(|(n, c)| (n.to_string(), json!(c)))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-    println!("\n{:<34} {:>10}", "filter (median of rounds)", "");
+    if let (Some(r), Some(m), Some(x)) =
+        (report.as_object_mut(), more.as_object(), rest.as_object())
+    {
+        r.extend(m.clone());
+        r.extend(x.clone());
+    }
     println!(
-        "  req/s   plain {:.0}  native {:.0}  ksit {:.0}  ksit 1000 rules {:.0}",
-        rps[0], rps[1], rps[2], rps[3]
+        "\nfilter: against native, the ratio within each cycle (median, 95% confidence interval)"
     );
+    for (i, name) in names.iter().enumerate().skip(2).take(6) {
+        println!(
+            "  {name:<14} req/s {}  p99 {}",
+            paired_rps(i, 1),
+            paired_p99(i, 1)
+        );
+    }
+    println!("  plain          req/s {}", paired_rps(0, 1));
     println!(
-        "  ratios  ksit/plain {:.3}  ksit/native {:.3}  ksit1000/native {:.3}",
-        rps[2] / rps[0],
+        "  ksit, seed policy: {:.0} req/s ({:.3} x native over the whole run, by CPU {:.3}), p99 {:.0}us against {:.0}us ({:.2} x)",
+        rps[2],
         rps[2] / rps[1],
-        rps[3] / rps[1]
+        cpu[1] / cpu[2],
+        p99[2],
+        p99[1],
+        p99[2] / p99[1]
     );
     println!(
-        "  paired  ksit/native within each round, median of {rounds}: req/s {paired_rps:.3}  by CPU {paired_cpu:.3}  p99 {paired_p99:.2}x"
+        "  ksit against the trivial reference filter (stock SDK: read :path, add a header, count), within each cycle: req/s {}",
+        paired_rps(2, 7)
     );
     println!(
-        "  best    each variant's best round: req/s ksit/native {:.3}  by CPU {:.3} (native {:.1}us, ksit {:.1}us)",
-        best_rps[2] / best_rps[1],
-        best_cpu[1] / best_cpu[2],
-        best_cpu[1],
-        best_cpu[2]
-    );
-    println!(
-        "  Envoy CPU per request  plain {:.1}us  native {:.1}us  ksit {:.1}us  ksit 1000 rules {:.1}us  20 merged {:.1}us  20 filters {:.1}us",
-        cpu[0], cpu[1], cpu[2], cpu[3], cpu[4], cpu[5]
-    );
-    println!(
-        "  by CPU  native/ksit {:.3} (the throughput ratio when Envoy is the bottleneck)",
-        cpu[1] / cpu[2]
+        "  Envoy CPU per request  plain {:.1}us  native {:.1}us  ksit {:.1}us  ksit 1000 rules {:.1}us  20 merged {:.1}us  20 filters {:.1}us  unmarked {:.1}us  trivial {:.1}us",
+        cpu[0], cpu[1], cpu[2], cpu[3], cpu[4], cpu[5], cpu[6], cpu[7]
     );
     if stages.is_some() {
         println!(
-            "  where the filter's cost goes (Envoy CPU per request; native {:.1}us):",
+            "  where the filter's cost goes (Envoy CPU per request over the run; native {:.1}us):",
             cpu[1]
         );
-        println!("    {:<40} {:>8} {:>8}", "", "median", "best");
         for (i, (name, what)) in STAGES.iter().enumerate() {
             println!(
-                "    {name}  {what:<32} {:>6.1}us {:>6.1}us",
+                "    {name}  {what:<32} {:>6.1}us  req/s against native {}",
                 cpu[FIXED + i],
-                best_cpu[FIXED + i]
+                paired_rps(FIXED + i, 1)
             );
         }
         println!(
-            "    ksit    {:<32} {:>6.1}us {:>6.1}us",
-            "+ count (the full filter)", cpu[2], best_cpu[2]
-        );
-        println!(
-            "    ksit_unmarked {:<26} {:>6.1}us {:>6.1}us",
-            "stable requests unmarked", cpu[6], best_cpu[6]
+            "    ksit    {:<32} {:>6.1}us",
+            "+ count (the full filter)", cpu[2]
         );
     }
-    println!(
-        "  stable requests unmarked (--stable-by-default-route): {:.0} req/s ({:.3}x native, paired {:.3}; against ksit paired {:.3}), best-round CPU {:.1}us against {:.1}us",
-        rps[6],
-        rps[6] / rps[1],
-        paired(6, 1, |w| w.rps),
-        paired(6, 2, |w| w.rps),
-        best_cpu[6],
-        best_cpu[2]
-    );
-    println!(
-        "  p99     native {:.0}us  ksit {:.0}us ({:.2}x)",
-        p99[1],
-        p99[2],
-        p99[2] / p99[1]
-    );
     println!(
         "  20 policies on one listener: merged into one filter {:.0} req/s ({:.3}x native), as 20 filters {:.0} req/s ({:.3}x native)",
         rps[4],
@@ -638,11 +551,9 @@ async fn filter() -> anyhow::Result<()> {
     println!(
         "  memory  Envoy {rss_full:.0} MB with {vms} Wasm VMs, {rss_base:.0} MB without: {mb_per_vm:.2} MB per VM"
     );
-    if rounds > 1 {
-        println!(
-            "  memory under load: Envoy {rss_after_first_round:.1} MB after round 1, {rss_full:.1} MB after {load_minutes:.1} min of load in every VM"
-        );
-    }
+    println!(
+        "  memory under load: Envoy {rss_after_first_round:.1} MB after the warm-up pass, {rss_full:.1} MB after {load_minutes:.1} min of load in every VM"
+    );
     std::fs::write(
         dir.join("filter.json"),
         serde_json::to_string_pretty(&report)?,
@@ -650,12 +561,6 @@ async fn filter() -> anyhow::Result<()> {
     println!("  -> target/bench/filter.json");
     drop(backends);
     Ok(())
-}
-
-/// The middle value (the upper one of an even count); NaN for none.
-fn median(mut x: Vec<f64>) -> f64 {
-    x.sort_by(|a, b| a.total_cmp(b));
-    x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// GET on Envoy's admin endpoint (HTTP/1.1, `Connection: close`, read to the end).
