@@ -20,7 +20,7 @@ pub fn limit_arenas(n: i32) {
     let _ = n;
 }
 
-/// Hands free pages back to the kernel, at most once per `every`.
+/// When to hand free pages back to the kernel: at most once per `every`.
 pub struct Trimmer {
     every: Duration,
     last: Option<Instant>,
@@ -31,18 +31,30 @@ impl Trimmer {
         Trimmer { every, last: None }
     }
 
-    /// Whether it trimmed now.
-    pub fn maybe_trim(&mut self) -> bool {
+    /// Whether a trim is due now (and, if so, counts it as done).
+    pub fn due(&mut self) -> bool {
         if self.last.is_some_and(|t| t.elapsed() < self.every) {
             return false;
         }
         self.last = Some(Instant::now());
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim is thread-safe; it takes each arena's lock while it works.
-        unsafe {
-            libc::malloc_trim(0);
-        }
         true
+    }
+
+    /// Trims when due, on tokio's blocking pool: `malloc_trim` walks every arena's heap, which would hold up
+    /// the async task that asked (the hub loop) for as long.
+    pub fn maybe_trim(&mut self) {
+        if self.due() {
+            tokio::task::spawn_blocking(trim);
+        }
+    }
+}
+
+/// Hands the free pages of every malloc arena back to the kernel (glibc; a no-op elsewhere).
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe; it takes each arena's lock while it works.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -53,10 +65,18 @@ mod tests {
     #[test]
     fn trims_at_most_once_per_period() {
         let mut t = Trimmer::new(Duration::from_secs(3600));
-        assert!(t.maybe_trim());
-        assert!(!t.maybe_trim());
+        assert!(t.due());
+        assert!(!t.due());
         let mut t = Trimmer::new(Duration::ZERO);
-        assert!(t.maybe_trim());
-        assert!(t.maybe_trim());
+        assert!(t.due());
+        assert!(t.due());
+    }
+
+    #[tokio::test]
+    async fn a_trim_is_handed_to_the_blocking_pool_and_counted() {
+        let mut t = Trimmer::new(Duration::from_secs(3600));
+        t.maybe_trim();
+        assert!(!t.due(), "the trim counted as done");
+        trim();
     }
 }
