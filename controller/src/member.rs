@@ -210,6 +210,58 @@ impl Cached {
     }
 }
 
+/// One event of a drift watch, ready to apply to its cache entry.
+enum WatchStep {
+    /// A (re)list starts: what the entry held is dropped.
+    Init,
+    /// An object seen while listing (`false`) or changed later (`true`).
+    Put((Option<String>, String), Cached, bool),
+    /// The list is complete.
+    Done,
+    Gone((Option<String>, String)),
+    Failed,
+}
+
+/// Applies `step` of the drift watch numbered `generation` to cache entry `id`, if that entry is still the
+/// watch's own: None when the kind is no longer watched or is watched by a newer watch (the stopped one
+/// must end without touching it). Otherwise whether the step changed a live object, which pokes the worker
+/// once the watch has `initialised` (listed everything at least once).
+fn apply_step(
+    cache: &mut BTreeMap<(String, String), KindCache>,
+    id: &(String, String),
+    generation: u64,
+    step: WatchStep,
+    initialised: &mut bool,
+) -> Option<bool> {
+    let kind = cache.get_mut(id).filter(|e| e.generation == generation)?;
+    Some(match step {
+        WatchStep::Init => {
+            kind.ready = false;
+            kind.objects.clear();
+            false
+        }
+        WatchStep::Put(at, o, live) => {
+            kind.objects.insert(at, o);
+            live
+        }
+        WatchStep::Done => {
+            kind.ready = true;
+            *initialised = true;
+            false
+        }
+        WatchStep::Gone(at) => {
+            kind.objects.remove(&at);
+            true
+        }
+        WatchStep::Failed => {
+            // Until the next full list, the view may miss changes: ask the cluster.
+            kind.ready = false;
+            kind.failed = *initialised;
+            false
+        }
+    })
+}
+
 pub struct Worker {
     cfg: WorkerConfig,
     client: Option<(u64, Client)>,
@@ -532,56 +584,22 @@ impl Worker {
                         o.metadata.name.clone().unwrap_or_default(),
                     )
                 };
-                enum Step {
-                    Init,
-                    Put((Option<String>, String), Cached, bool),
-                    Done,
-                    Gone((Option<String>, String)),
-                    Failed,
-                }
                 let mut initialised = false;
                 while let Some(ev) = stream.next().await {
                     // Serialized before taking the lock; poke after it is released.
                     let step = match ev {
-                        Ok(Event::Init) => Step::Init,
-                        Ok(Event::InitApply(o)) => Step::Put(key(&o), Cached::new(o), false),
-                        Ok(Event::InitDone) => Step::Done,
-                        Ok(Event::Apply(o)) => Step::Put(key(&o), Cached::new(o), true),
-                        Ok(Event::Delete(o)) => Step::Gone(key(&o)),
-                        Err(_) => Step::Failed,
+                        Ok(Event::Init) => WatchStep::Init,
+                        Ok(Event::InitApply(o)) => WatchStep::Put(key(&o), Cached::new(o), false),
+                        Ok(Event::InitDone) => WatchStep::Done,
+                        Ok(Event::Apply(o)) => WatchStep::Put(key(&o), Cached::new(o), true),
+                        Ok(Event::Delete(o)) => WatchStep::Gone(key(&o)),
+                        Err(_) => WatchStep::Failed,
                     };
                     let changed = {
                         let Ok(mut c) = cache.lock() else { return };
-                        let Some(kind) =
-                            c.get_mut(&cache_id).filter(|e| e.generation == generation)
-                        else {
-                            return; // stopped: this kind is no longer watched, or watched anew
-                        };
-                        match step {
-                            Step::Init => {
-                                kind.ready = false;
-                                kind.objects.clear();
-                                false
-                            }
-                            Step::Put(at, o, live) => {
-                                kind.objects.insert(at, o);
-                                live
-                            }
-                            Step::Done => {
-                                kind.ready = true;
-                                initialised = true;
-                                false
-                            }
-                            Step::Gone(at) => {
-                                kind.objects.remove(&at);
-                                true
-                            }
-                            Step::Failed => {
-                                // Until the next full list, the view may miss changes: ask the cluster.
-                                kind.ready = false;
-                                kind.failed = initialised;
-                                false
-                            }
+                        match apply_step(&mut c, &cache_id, generation, step, &mut initialised) {
+                            Some(changed) => changed,
+                            None => return, // stopped: this kind is no longer watched, or watched anew
                         }
                     };
                     if changed && initialised {
@@ -953,5 +971,115 @@ mod spread_tests {
         // Reproducible, and a cluster's next round differs.
         assert_eq!(spread(r, "c1", 1), spread(r, "c1", 1));
         assert_ne!(spread(r, "c1", 1), spread(r, "c1", 2));
+    }
+}
+
+#[cfg(test)]
+mod drift_cache_tests {
+    use super::*;
+
+    fn object(name: &str) -> Cached {
+        let o: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "apps",
+                         "managedFields": [{"manager": "ksit", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"hosts": ["a"]}
+        }))
+        .expect("a VirtualService");
+        Cached::new(o)
+    }
+
+    fn at(name: &str) -> (Option<String>, String) {
+        (Some("apps".into()), name.into())
+    }
+
+    fn id() -> (String, String) {
+        ("networking.istio.io".into(), "virtualservices".into())
+    }
+
+    fn cache_of(generation: u64) -> BTreeMap<(String, String), KindCache> {
+        let mut c = BTreeMap::new();
+        c.insert(
+            id(),
+            KindCache {
+                generation,
+                ..Default::default()
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn a_watch_fills_its_own_entry_and_pokes_only_on_live_changes() {
+        let mut c = cache_of(3);
+        let mut init = false;
+        let mut step = |c: &mut BTreeMap<_, _>, s| apply_step(c, &id(), 3, s, &mut init);
+        assert_eq!(step(&mut c, WatchStep::Init), Some(false));
+        assert_eq!(
+            step(&mut c, WatchStep::Put(at("a"), object("a"), false)),
+            Some(false)
+        );
+        assert!(!c[&id()].ready, "not ready before the list is complete");
+        assert_eq!(step(&mut c, WatchStep::Done), Some(false));
+        assert!(c[&id()].ready);
+        assert_eq!(
+            step(&mut c, WatchStep::Put(at("b"), object("b"), true)),
+            Some(true)
+        );
+        assert_eq!(step(&mut c, WatchStep::Gone(at("a"))), Some(true));
+        let names: Vec<&String> = c[&id()].objects.keys().map(|(_, n)| n).collect();
+        assert_eq!(names, vec!["b"]);
+        assert_eq!(step(&mut c, WatchStep::Failed), Some(false));
+        assert!(
+            !c[&id()].ready && c[&id()].failed,
+            "a failure after the list: not trusted"
+        );
+        // The cached text keeps the managers' names, not their field sets.
+        let kept = &c[&id()].objects[&at("b")].0;
+        assert!(
+            kept.contains("\"manager\":\"ksit\"") && !kept.contains("f:spec"),
+            "{kept}"
+        );
+    }
+
+    #[test]
+    fn a_stopped_watch_cannot_write_to_its_successors_entry() {
+        // The kind was watched anew: the entry now belongs to watch 5, and watch 4 is still finishing a step.
+        let mut c = cache_of(5);
+        let mut init = true;
+        for s in [
+            WatchStep::Init,
+            WatchStep::Put(at("stale"), object("stale"), true),
+            WatchStep::Done,
+            WatchStep::Gone(at("stale")),
+            WatchStep::Failed,
+        ] {
+            assert_eq!(apply_step(&mut c, &id(), 4, s, &mut init), None);
+        }
+        let e = &c[&id()];
+        assert!(e.objects.is_empty() && !e.ready && !e.failed);
+        // Watch 5 itself writes.
+        let mut init5 = false;
+        assert_eq!(
+            apply_step(
+                &mut c,
+                &id(),
+                5,
+                WatchStep::Put(at("x"), object("x"), false),
+                &mut init5
+            ),
+            Some(false)
+        );
+        assert_eq!(c[&id()].objects.len(), 1);
+        // A kind no longer watched (its entry removed): every step ends the watch.
+        c.clear();
+        assert_eq!(
+            apply_step(&mut c, &id(), 5, WatchStep::Done, &mut init5),
+            None
+        );
+        assert!(
+            c.is_empty(),
+            "a stopped watch does not bring its entry back"
+        );
     }
 }
