@@ -7,19 +7,20 @@
 use ksit_policy::config::PluginConfig;
 use libfuzzer_sys::fuzz_target;
 
-fn normalize(message: &str) -> String {
-    match message.split_once("floating point `") {
-        Some((head, tail)) => match tail.split_once('`') {
-            Some((_, rest)) => format!("{head}floating point `F`{rest}"),
-            None => message.to_string(),
-        },
-        None => message.to_string(),
-    }
-}
-
-fn outcome(r: Result<PluginConfig, ksit_policy::ConfigError>) -> Result<String, Vec<(String, String)>> {
-    r.map(|c| format!("{c:?}"))
-        .map_err(|e| e.errors.iter().map(|f| (f.path.clone(), normalize(&f.message))).collect())
+fn outcome(
+    r: Result<PluginConfig, ksit_policy::ConfigError>,
+) -> Result<String, Vec<(String, String)>> {
+    r.map(|c| format!("{c:?}")).map_err(|e| {
+        e.errors
+            .iter()
+            .map(|f| {
+                (
+                    f.path.clone(),
+                    ksit_policy::config::comparable_message(&f.message),
+                )
+            })
+            .collect()
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -28,9 +29,18 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(ours, theirs, "hand reader and serde disagree");
     match ksit_policy::Engine::from_json(data, Some("cluster1")) {
         Ok(engine) => {
-            let h: Vec<(&[u8], &[u8])> = vec![(b":path", b"/api/x?u=1"), (b":authority", b"myapp.example.com"), (b"x-request-id", b"r")];
+            let h: Vec<(&[u8], &[u8])> = vec![
+                (b":path", b"/api/x?u=1"),
+                (b":authority", b"myapp.example.com"),
+                (b"x-request-id", b"r"),
+            ];
             let _ = engine.decide(&ksit_policy::Request::new(&h), 1);
         }
-        Err(e) => assert!(!e.errors.is_empty() && e.errors.iter().all(|f| !f.path.is_empty() || !f.message.is_empty())),
+        Err(e) => assert!(
+            !e.errors.is_empty()
+                && e.errors
+                    .iter()
+                    .all(|f| !f.path.is_empty() || !f.message.is_empty())
+        ),
     }
 });

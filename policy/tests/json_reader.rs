@@ -10,17 +10,6 @@ use ksit_policy::FieldMap;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-/// A float in a message is written as the text had it, serde re-formats it: compare the rest.
-fn normalize(message: &str) -> String {
-    match message.split_once("floating point `") {
-        Some((head, tail)) => match tail.split_once('`') {
-            Some((_, rest)) => format!("{head}floating point `F`{rest}"),
-            None => message.to_string(),
-        },
-        None => message.to_string(),
-    }
-}
-
 /// What a reader made of the text: the config (Debug, so -0.0 and 0.0 differ) or the first error.
 fn outcome(r: Result<PluginConfig, ksit_policy::ConfigError>) -> Result<String, (String, String)> {
     match r {
@@ -28,7 +17,10 @@ fn outcome(r: Result<PluginConfig, ksit_policy::ConfigError>) -> Result<String, 
         Err(e) => {
             assert_eq!(e.errors.len(), 1, "{e:?}");
             let f = &e.errors[0];
-            Err((f.path.clone(), normalize(&f.message)))
+            Err((
+                f.path.clone(),
+                ksit_policy::config::comparable_message(&f.message),
+            ))
         }
     }
 }
