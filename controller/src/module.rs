@@ -46,9 +46,10 @@ pub struct ModuleArgs {
     pub gateway_namespace: String,
     /// Leave requests the filter sends to their rule's stable destination unmarked (pluginConfig
     /// `headerForStable: false`): the VirtualService's default route takes them there, and Envoy keeps the
-    /// route it chose before the filter ran. Saves a route selection for most requests; assumes no filter
-    /// before ksit changes the headers rules match on without clearing the route cache, and a filter
-    /// module that knows the field (see docs/trafficpolicy.md).
+    /// route it chose before the filter ran. Skips a route selection for most requests, with no throughput
+    /// gain the bench can measure (docs/benchmarks.md); assumes no filter before ksit changes the headers
+    /// rules match on without clearing the route cache, and a filter module that knows the field (see
+    /// docs/trafficpolicy.md).
     #[arg(long, env = "KSIT_STABLE_BY_DEFAULT_ROUTE")]
     pub stable_by_default_route: bool,
 }
