@@ -123,11 +123,17 @@ impl Paired {
                 cycles: 0,
             };
         }
+        // The median's 95% interval by order statistics: ranks n/2 ± 1.96·√n/2, symmetric.
         let half = 0.98 * (n as f64).sqrt();
         let lo = ((n as f64 / 2.0 - half).floor().max(0.0)) as usize;
-        let hi = ((n as f64 / 2.0 + half).ceil() as usize).min(n - 1);
+        let hi = n - 1 - lo;
+        let median = if n % 2 == 1 {
+            r[n / 2]
+        } else {
+            (r[n / 2 - 1] + r[n / 2]) / 2.0
+        };
         Paired {
-            median: r[n / 2],
+            median,
             low: r[lo],
             high: r[hi],
             cycles: n,
@@ -381,6 +387,18 @@ mod tests {
         // figure: the same CPU in every slice.
         assert!((ksit.rps() / native.rps() - 0.9).abs() < 1e-9);
         assert!((native.cpu_us_per_req() / ksit.cpu_us_per_req() - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_even_count_takes_the_middle_pair_and_a_symmetric_interval() {
+        let native = variant(&[1000.0; 4]);
+        let ksit = variant(&[800.0, 860.0, 900.0, 990.0]);
+        let p = Paired::new(&ksit, &native, Slice::rps);
+        assert!((p.median - 0.88).abs() < 1e-9, "{p}");
+        assert!(
+            (p.low - 0.8).abs() < 1e-9 && (p.high - 0.99).abs() < 1e-9,
+            "{p}"
+        );
     }
 
     #[test]
