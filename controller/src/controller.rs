@@ -376,7 +376,7 @@ async fn lead(
             }
             _ = resync.tick() => hub_dirty = true,
         }
-        trimmer.maybe_trim();
+        let _detached = trimmer.maybe_trim();
     }
 }
 

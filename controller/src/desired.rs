@@ -371,14 +371,23 @@ pub fn plugin_config(
     stable_by_default_route: bool,
 ) -> Value {
     let resolved = spec.resolve(Some(cluster));
-    let mut v = serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}));
-    if let Some(m) = v.as_object_mut() {
+    with_filter_members(
+        serde_json::to_value(&resolved).unwrap_or_else(|_| json!({})),
+        cluster,
+        stable_by_default_route,
+    )
+}
+
+/// Adds the filter's own members to a pluginConfig (one spec, or a `policies` list): `cluster`, and
+/// `headerForStable: false` when `stable_by_default_route`.
+fn with_filter_members(mut config: Value, cluster: &str, stable_by_default_route: bool) -> Value {
+    if let Some(m) = config.as_object_mut() {
         m.insert("cluster".into(), json!(cluster));
         if stable_by_default_route {
             m.insert("headerForStable".into(), json!(false));
         }
     }
-    v
+    config
 }
 
 /// The VirtualService a TrafficPolicy renders: `ksit-NAME` in its namespace.
@@ -454,11 +463,11 @@ fn render_wasm_plugin(
                 json!({"name": m.id(), "spec": serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}))})
             })
             .collect();
-        let mut v = json!({"cluster": cluster, "policies": policies});
-        if settings.stable_by_default_route {
-            v["headerForStable"] = json!(false);
-        }
-        v
+        with_filter_members(
+            json!({"policies": policies}),
+            cluster,
+            settings.stable_by_default_route,
+        )
     };
     s.insert("pluginConfig".into(), config);
     s.insert(

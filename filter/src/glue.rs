@@ -478,11 +478,8 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
     if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
         core::arch::wasm32::unreachable();
     }
-    let destination = pairs
-        .iter()
-        .find(|(n, _)| *n == DESTINATION_HEADER.as_bytes())
-        .map(|(_, v)| *v);
     let req = Request::new(&pairs);
+    let destination = req.header(DESTINATION_HEADER.as_bytes());
     let d = root.engine.decide(&req, root.entropy());
     // A destination already on the request is a client's (replaced or removed), unless an earlier ksit
     // filter in this chain set it.

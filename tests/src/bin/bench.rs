@@ -317,12 +317,14 @@ async fn filter() -> anyhow::Result<()> {
             ));
         }
     }
+    // Every listener by name, in the order the results are indexed in (the listeners' own order).
+    let names: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l["name"].as_str().map(String::from))
+        .collect();
     let bootstrap = json!({
     "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
     "static_resources": {"clusters": clusters, "listeners": listeners}});
-    let dir = out_dir()?;
-    let cfg = dir.join("envoy-bench.json");
-    std::fs::write(&cfg, bootstrap.to_string())?;
     let dir = out_dir()?;
     let cfg = dir.join("envoy-bench.json");
     std::fs::write(&cfg, bootstrap.to_string())?;
@@ -332,37 +334,34 @@ async fn filter() -> anyhow::Result<()> {
     let focus: Vec<String> = std::env::var("BENCH_VARIANTS")
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
-    let mut names = vec![
-        "plain",
-        "native",
-        "ksit",
-        "ksit1000",
-        "ksit20",
-        "ksit20x",
-        "ksit_unmarked",
-        "trivial",
-    ];
-    if stages.is_some() {
-        names.extend(STAGES.iter().map(|(n, _)| *n));
-    }
-    let order: Vec<usize> = if focus.is_empty() {
-        // native next to ksit, and ksit next to the trivial filter: the pairs the targets compare are
-        // loaded one right after the other in every cycle.
-        [0, 1, 2, 7, 6, 3, 4, 5]
-            .into_iter()
-            .chain(FIXED..names.len())
-            .collect()
+    // The load order: native next to ksit, and ksit next to the trivial filter, so the pairs the targets
+    // compare are loaded one right after the other in every cycle; or BENCH_VARIANTS.
+    let wanted: Vec<&str> = if focus.is_empty() {
+        [
+            "plain",
+            "native",
+            "ksit",
+            "trivial",
+            "ksit_unmarked",
+            "ksit1000",
+            "ksit20",
+            "ksit20x",
+        ]
+        .into_iter()
+        .chain(names.iter().skip(FIXED).map(String::as_str))
+        .collect()
     } else {
-        focus
-            .iter()
-            .map(|f| {
-                names
-                    .iter()
-                    .position(|n| n == f)
-                    .ok_or_else(|| anyhow::anyhow!("BENCH_VARIANTS: no variant {f} in {names:?}"))
-            })
-            .collect::<anyhow::Result<_>>()?
+        focus.iter().map(String::as_str).collect()
     };
+    let order: Vec<usize> = wanted
+        .iter()
+        .map(|f| {
+            names
+                .iter()
+                .position(|n| n == f)
+                .ok_or_else(|| anyhow::anyhow!("BENCH_VARIANTS: no variant {f} in {names:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     println!(
         "filter: {} listeners, {cycles} cycles of one {} ms slice each (every cycle in the opposite order to the last); \
          Envoy on CPU 0, the load generator (32 connections per listener) and the backends on CPU 1",

@@ -290,7 +290,7 @@ async fn run() -> anyhow::Result<()> {
             continue;
         };
         // Routes as istiod would make them from the cluster's VirtualService: its header routes, then each
-        // rule's default route to its stable destination (which the filter leaves unmarked).
+        // rule's default route to its stable destination (for requests the filter did not decide).
         let vs = m
             .object(
                 "networking.istio.io",
