@@ -85,6 +85,16 @@ async fn hub_client(args: &ControllerArgs) -> anyhow::Result<Client> {
 }
 
 pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    run_async_on(args, listener).await
+}
+
+/// [`run_async`] serving on a listener the caller has bound (`args.listen` is not used), so a caller that
+/// needs the port before the controller starts (the demo's module URL) holds it throughout.
+pub async fn run_async_on(
+    args: ControllerArgs,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
     let client = hub_client(&args).await?;
     let (module, settings) = args.module.settings()?;
     let metrics = Arc::new(Metrics::default());
@@ -93,7 +103,7 @@ pub async fn run_async(args: ControllerArgs) -> anyhow::Result<()> {
         module,
         ready: Default::default(),
     });
-    let server = tokio::spawn(server::serve(args.listen, state.clone()));
+    let server = tokio::spawn(server::serve(listener, state.clone()));
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_string())

@@ -5,7 +5,6 @@ use crate::module::Module;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -52,8 +51,10 @@ pub fn handle(state: &ServerState, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serves until the process ends.
-pub async fn serve(addr: SocketAddr, state: Arc<ServerState>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+) -> anyhow::Result<()> {
     log::info!(
         "serving /healthz /readyz /metrics /modules on {}",
         listener.local_addr()?

@@ -3,7 +3,7 @@
 //! rolled out in one cluster first; then a real Envoy per bound cluster, configured from that cluster's
 //! WasmPlugin, driven with traffic; a report per cluster against the policy, and an SVG chart.
 
-use ksit_controller::controller::{run_async, ControllerArgs};
+use ksit_controller::controller::{run_async_on, ControllerArgs};
 use ksit_controller::module::ModuleArgs;
 use ksit_emulator::Emulator;
 use ksit_tests::backend::start_all;
@@ -147,9 +147,9 @@ async fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     hub.write_kubeconfig(&dir.join("hub.kubeconfig"))?;
     let module = ksit_tests::envoy::filter_wasm()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // Bound here and handed over, so the port in the module's URL stays ours.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     let args = ControllerArgs {
         kubeconfig: Some(dir.join("hub.kubeconfig")),
         listen: ([127, 0, 0, 1], port).into(),
@@ -169,7 +169,7 @@ async fn run() -> anyhow::Result<()> {
         identity: Some("ksit-demo".into()),
         lease_seconds: 10,
     };
-    let controller = tokio::spawn(run_async(args));
+    let controller = tokio::spawn(run_async_on(args, listener));
     say("\nksit controller started; sync status from the hub (BindingPolicy istio-mesh-binding):");
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
