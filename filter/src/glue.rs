@@ -36,7 +36,8 @@ const ROOT_SWEEP_MS: u64 = 5_000;
 /// The property naming a request's filter instance, asked only when several share the VM.
 const PLUGIN_NAME: &[u8] = b"plugin_name";
 
-/// Benchmark builds (feature `bench-stages`): where each request stops, from `KSIT_BENCH_STAGE`.
+/// Benchmark builds (feature `bench-stages`): where each request stops, from `KSIT_BENCH_STAGE` (0 to 3 along
+/// the request's path; 4 and 5 are probes, see `ksit_on_request_headers`).
 #[cfg(feature = "bench-stages")]
 static BENCH_STAGE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
@@ -434,6 +435,17 @@ const DECIDED_PROPERTY: &[u8] = b"ksit_destination";
 #[no_mangle]
 pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _eos: u32) -> u32 {
     if bench_stop(0) {
+        return CONTINUE;
+    }
+    // Probes: stage 0 plus one host call, to show what a call costs with and without data handed back.
+    #[cfg(feature = "bench-stages")]
+    if bench_stop(4) {
+        host::now_ms();
+        return CONTINUE;
+    }
+    #[cfg(feature = "bench-stages")]
+    if bench_stop(5) {
+        host::request_header_value(b":path");
         return CONTINUE;
     }
     let (root, several) = ROOTS.with(|r| {

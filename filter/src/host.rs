@@ -10,6 +10,14 @@ const OK: u32 = 0;
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    #[cfg(feature = "bench-stages")]
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        k: *const u8,
+        kl: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         k: *const u8,
@@ -71,6 +79,15 @@ pub fn request_headers() -> Option<Vec<u8>> {
     // SAFETY: the out-pointers are live for the call.
     host_buffer(|data, size| unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, data, size) })
         .filter(|b| !b.is_empty())
+}
+
+/// One request header's value (benchmark builds only: the filter reads every header in one call).
+#[cfg(feature = "bench-stages")]
+pub fn request_header_value(name: &[u8]) -> Option<Vec<u8>> {
+    // SAFETY: `name` and the out-pointers are live for the call.
+    host_buffer(|data, size| unsafe {
+        proxy_get_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len(), data, size)
+    })
 }
 
 /// A property of the current context (`path`: its segments joined by NUL), e.g. `plugin_name`.

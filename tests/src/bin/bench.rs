@@ -122,13 +122,17 @@ fn stages_module() -> Option<String> {
     p.exists().then(|| p.to_string_lossy().to_string())
 }
 
-/// Where the stage listeners stop each request (see the filter's `bench-stages` feature).
-const STAGES: [(&str, &str); 4] = [
+/// Where the stage listeners stop each request (see the filter's `bench-stages` feature): the first
+/// [`CHAIN`] along the request's path, then probes that add one host call to stage 0.
+const STAGES: [(&str, &str); 6] = [
     ("stage0", "callback returns at once"),
     ("stage1", "+ read and parse the headers"),
     ("stage2", "+ decide"),
     ("stage3", "+ set x-ksit-destination"),
+    ("probe_call", "a host call with no data back"),
+    ("probe_value", "a host call handing one value back"),
 ];
+const CHAIN: usize = 4;
 
 fn listener(name: &str, port: u16, routes: Value, filters: Vec<Value>) -> Value {
     json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -531,17 +535,25 @@ async fn filter() -> anyhow::Result<()> {
             "  where the filter's cost goes (Envoy CPU per request over the run; native {:.1}us):",
             cpu[1]
         );
-        for (i, (name, what)) in STAGES.iter().enumerate() {
+        for (i, (name, what)) in STAGES.iter().enumerate().take(CHAIN) {
             println!(
-                "    {name}  {what:<32} {:>6.1}us  req/s against native {}",
+                "    {name:<11} {what:<34} {:>6.1}us  req/s against native {}",
                 cpu[FIXED + i],
                 paired_rps(FIXED + i, 1)
             );
         }
         println!(
-            "    ksit    {:<32} {:>6.1}us",
-            "+ count (the full filter)", cpu[2]
+            "    {:<11} {:<34} {:>6.1}us",
+            "ksit", "+ count (the full filter)", cpu[2]
         );
+        println!("  what one host call costs, stage 0 plus the call (a value comes back through an allocation call into the VM):");
+        for (i, (name, what)) in STAGES.iter().enumerate().skip(CHAIN) {
+            println!(
+                "    {name:<11} {what:<34} {:>6.1}us  req/s against stage0 {}",
+                cpu[FIXED + i],
+                paired_rps(FIXED + i, FIXED)
+            );
+        }
     }
     println!(
         "  20 policies on one listener: merged into one filter {:.0} req/s ({:.3}x native), as 20 filters {:.0} req/s ({:.3}x native)",
