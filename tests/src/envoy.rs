@@ -299,6 +299,8 @@ pub struct EnvoyConfig {
     pub component_log_level: String,
     /// More command-line arguments for [`Envoy::start`].
     pub extra_args: Vec<String>,
+    /// The CPUs Envoy may run on (`taskset -c LIST`); `None`: those of this process.
+    pub cpus: Option<String>,
 }
 
 impl EnvoyConfig {
@@ -317,6 +319,7 @@ impl EnvoyConfig {
             log_level: "info".into(),
             component_log_level: "wasm:debug".into(),
             extra_args: vec![],
+            cpus: None,
         }
     }
 
@@ -650,7 +653,15 @@ impl Envoy {
         let config_path = write_bootstrap(dir.path(), bootstrap)?;
         let admin_path = dir.path().join("admin.addr");
         let log = std::fs::File::create(dir.path().join("envoy.log"))?;
-        let mut cmd = Command::new(envoy_binary(&cfg.version)?);
+        let mut cmd = match &cfg.cpus {
+            Some(cpus) => {
+                // taskset execs Envoy, so the child's pid is Envoy's.
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(envoy_binary(&cfg.version)?);
+                c
+            }
+            None => Command::new(envoy_binary(&cfg.version)?),
+        };
         cmd.arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")

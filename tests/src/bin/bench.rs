@@ -4,7 +4,7 @@
 //! BENCH_QUICK=1: fewer cycles, fewer clusters.
 
 use ksit_emulator::Emulator;
-use ksit_tests::envoy::free_port;
+use ksit_tests::envoy::{Envoy, EnvoyConfig};
 use ksit_tests::load::{Load, Paired, Slice, Variant};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -56,39 +56,23 @@ impl Drop for Reaped {
     }
 }
 
-/// Starts Envoy 1.40 pinned to CPU 0 with one worker on `config`, and waits until it listens on `port`.
-async fn start_pinned_envoy(config: &std::path::Path, port: u16) -> anyhow::Result<Reaped> {
-    let envoy = Reaped(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(ksit_tests::envoy::envoy_binary("1.40.0")?)
-            .args([
-                "-c",
-                &config.to_string_lossy(),
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-                "--use-dynamic-base-id",
-                "--disable-hot-restart",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(20),
-            "Envoy ({}) did not start",
-            config.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Starts Envoy 1.40 pinned to CPU 0 with one worker on `bootstrap` (its listeners and admin on port 0),
+/// waits until it is ready, and returns it with the port Envoy bound for each of `names`.
+async fn start_pinned_envoy(
+    bootstrap: &Value,
+    names: &[String],
+) -> anyhow::Result<(Envoy, Vec<u16>)> {
+    let mut cfg = EnvoyConfig::new("1.40.0", vec![]);
+    cfg.concurrency = 1;
+    cfg.log_level = "error".into();
+    cfg.component_log_level = String::new();
+    cfg.cpus = Some("0".into());
+    let envoy = Envoy::start_bootstrap(&cfg, bootstrap).await?;
+    let mut ports = Vec::with_capacity(names.len());
+    for n in names {
+        ports.push(envoy.listener_named(n).await?.port());
     }
-    Ok(envoy)
+    Ok((envoy, ports))
 }
 
 fn cluster(name: &str, addr: std::net::SocketAddr) -> Value {
@@ -134,8 +118,9 @@ const STAGES: [(&str, &str); 6] = [
 ];
 const CHAIN: usize = 4;
 
-fn listener(name: &str, port: u16, routes: Value, filters: Vec<Value>) -> Value {
-    json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+/// A listener on port 0: Envoy picks the port, and the bench asks it which (`Envoy::listener_named`).
+fn listener(name: &str, routes: Value, filters: Vec<Value>) -> Value {
+    json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                "stat_prefix": name, "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
@@ -218,15 +203,6 @@ async fn filter() -> anyhow::Result<()> {
     // ksit_unmarked (the seed policy with stable requests unmarked, `headerForStable` false), trivial (the
     // reference filter), then the stage listeners when the benchmark build of the filter is there.
     let stages = stages_module();
-    let n_listeners = if stages.is_some() {
-        FIXED + STAGES.len()
-    } else {
-        FIXED
-    };
-    let ports: Vec<u16> = (0..n_listeners)
-        .map(|_| free_port())
-        .collect::<anyhow::Result<_>>()?;
-    let admin = free_port()?;
     let mut big = seed_no_delay()?;
     let mut rules: Vec<Value> = (0..999)
         .map(|i| json!({"name": format!("r{i}"), "match": [{"uri": {"prefix": format!("/svc{i}/")}}], "route": [{"destination": {"host": "web-service"}}]}))
@@ -265,38 +241,28 @@ async fn filter() -> anyhow::Result<()> {
     let mut listeners = vec![
         listener(
             "plain",
-            ports[0],
             json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]),
             vec![router()],
         ),
-        listener(
-            "native",
-            ports[1],
-            native_routes,
-            vec![native_fault, router()],
-        ),
+        listener("native", native_routes, vec![native_fault, router()]),
         listener(
             "ksit",
-            ports[2],
             header_routes(),
             vec![wasm(&seed_no_delay()?, &module_s, "ksit"), router()],
         ),
         listener(
             "ksit1000",
-            ports[3],
             header_routes(),
             vec![wasm(&big, &module_s, "ksit1000"), router()],
         ),
         listener(
             "ksit20",
-            ports[4],
             header_routes(),
             vec![wasm(&merged, &module_s, "ksit20"), router()],
         ),
-        listener("ksit20x", ports[5], header_routes(), separate),
+        listener("ksit20x", header_routes(), separate),
         listener(
             "ksit_unmarked",
-            ports[6],
             header_routes(),
             vec![
                 wasm(&unmarked(seed_no_delay()?), &module_s, "ksit_unmarked"),
@@ -305,7 +271,6 @@ async fn filter() -> anyhow::Result<()> {
         ),
         listener(
             "trivial",
-            ports[7],
             native_routes_for_trivial,
             vec![wasm(&json!({}), &reference_module()?, "trivial"), router()],
         ),
@@ -315,7 +280,6 @@ async fn filter() -> anyhow::Result<()> {
             let env = json!({"KSIT_BENCH_STAGE": i.to_string()});
             listeners.push(listener(
                 name,
-                ports[FIXED + i],
                 header_routes(),
                 vec![wasm_env(&seed_no_delay()?, m, name, env), router()],
             ));
@@ -327,12 +291,12 @@ async fn filter() -> anyhow::Result<()> {
         .filter_map(|l| l["name"].as_str().map(String::from))
         .collect();
     let bootstrap = json!({
-    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
     "static_resources": {"clusters": clusters, "listeners": listeners}});
     let dir = out_dir()?;
-    let cfg = dir.join("envoy-bench.json");
-    std::fs::write(&cfg, bootstrap.to_string())?;
-    let envoy = start_pinned_envoy(&cfg, ports[ports.len() - 1]).await?;
+    // A copy to look at; Envoy runs on its own (listeners and admin on port 0: Envoy picks the ports).
+    std::fs::write(dir.join("envoy-bench.json"), bootstrap.to_string())?;
+    let (envoy, ports) = start_pinned_envoy(&bootstrap, &names).await?;
     let (cycles, slice) = cycles_and_slice();
     // BENCH_VARIANTS=native,ksit,... loads only those listeners and prints each one against the first.
     let focus: Vec<String> = std::env::var("BENCH_VARIANTS")
@@ -375,9 +339,9 @@ async fn filter() -> anyhow::Result<()> {
     let load_ports: Vec<u16> = order.iter().map(|&i| ports[i]).collect();
     let load_started = Instant::now();
     // A first short pass warms every VM up (and shows Envoy's memory after serving every listener once).
-    load(load_ports.clone(), envoy.id(), 1, slice).run_on_own_thread()?;
-    let rss_after_first_round = proc_status_mb(envoy.id(), "VmRSS:");
-    let measured = load(load_ports, envoy.id(), cycles, slice).run_on_own_thread()?;
+    load(load_ports.clone(), envoy.pid(), 1, slice).run_on_own_thread()?;
+    let rss_after_first_round = proc_status_mb(envoy.pid(), "VmRSS:");
+    let measured = load(load_ports, envoy.pid(), cycles, slice).run_on_own_thread()?;
     let mut results: Vec<Variant> = names.iter().map(|_| Variant::default()).collect();
     for (v, &i) in measured.into_iter().zip(&order) {
         results[i] = v;
@@ -420,8 +384,10 @@ async fn filter() -> anyhow::Result<()> {
     }
     // Memory per Wasm VM: Envoy's RSS with every listener, less a baseline Envoy with only the plain
     // listener, over the VMs V8 holds (Envoy exports no V8 heap figure).
-    let stats = admin_get(admin, "/stats?filter=wasm.envoy.wasm.runtime.v8.active")
+    let stats = envoy
+        .admin_get("/stats?filter=wasm.envoy.wasm.runtime.v8.active")
         .await
+        .map(|r| r.body)
         .unwrap_or_default();
     let vms: f64 = stats
         .lines()
@@ -430,21 +396,19 @@ async fn filter() -> anyhow::Result<()> {
                 .and_then(|(_, v)| v.trim().parse().ok())
         })
         .unwrap_or(f64::NAN);
-    let rss_full = proc_status_mb(envoy.id(), "VmRSS:");
+    let rss_full = proc_status_mb(envoy.pid(), "VmRSS:");
     // Growth under load: every VM served requests in every cycle, so a leak in the filter shows here.
     let load_minutes = load_started.elapsed().as_secs_f64() / 60.0;
     drop(envoy);
-    let base_ports = [free_port()?, free_port()?];
     let base = json!({
-    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": base_ports[1]}}},
+    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
     "static_resources": {"clusters": bootstrap["static_resources"]["clusters"].clone(), "listeners": [
-        listener("plain", base_ports[0], json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]), vec![router()]),
+        listener("plain", json!([{"match": {"prefix": "/"}, "route": {"cluster": "api-service-v1"}}]), vec![router()]),
     ]}});
-    let base_cfg = dir.join("envoy-bench-baseline.json");
-    std::fs::write(&base_cfg, base.to_string())?;
-    let baseline = start_pinned_envoy(&base_cfg, base_ports[0]).await?;
-    load(vec![base_ports[0]], baseline.id(), 1, slice).run_on_own_thread()?;
-    let rss_base = proc_status_mb(baseline.id(), "VmRSS:");
+    std::fs::write(dir.join("envoy-bench-baseline.json"), base.to_string())?;
+    let (baseline, base_ports) = start_pinned_envoy(&base, &["plain".to_string()]).await?;
+    load(base_ports, baseline.pid(), 1, slice).run_on_own_thread()?;
+    let rss_base = proc_status_mb(baseline.pid(), "VmRSS:");
     drop(baseline);
     let mb_per_vm = (rss_full - rss_base) / vms;
     let rps: Vec<f64> = results.iter().map(Variant::rps).collect();
@@ -578,23 +542,6 @@ async fn filter() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GET on Envoy's admin endpoint (HTTP/1.1, `Connection: close`, read to the end).
-async fn admin_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
-}
-
 fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -686,12 +633,11 @@ async fn controller() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("ksit-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         hub.write_kubeconfig(&dir.join("hub.kubeconfig"))?;
-        let port = free_port()?;
         let child = Reaped(
             Command::new(&ksit)
                 .args(["controller", "--kubeconfig"])
                 .arg(dir.join("hub.kubeconfig"))
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--module"])
+                .args(["--listen", "127.0.0.1:0", "--module"]) // its endpoints are not used here
                 .arg(&module)
                 .args([
                     "--target-namespace",
