@@ -303,7 +303,8 @@ async fn filter() -> anyhow::Result<()> {
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
     // The load order: native next to ksit, and ksit next to the trivial filter, so the pairs the targets
-    // compare are loaded one right after the other in every cycle; or BENCH_VARIANTS.
+    // compare are loaded one right after the other in every cycle, and the probes next to stage 0, which
+    // they are compared with; or BENCH_VARIANTS.
     let wanted: Vec<&str> = if focus.is_empty() {
         [
             "plain",
@@ -316,11 +317,26 @@ async fn filter() -> anyhow::Result<()> {
             "ksit20x",
         ]
         .into_iter()
-        .chain(names.iter().skip(FIXED).map(String::as_str))
+        .chain(
+            [
+                "stage0",
+                "probe_call",
+                "probe_value",
+                "stage1",
+                "stage2",
+                "stage3",
+            ]
+            .into_iter()
+            .filter(|n| stages.is_some() && STAGES.iter().any(|(s, _)| s == n)),
+        )
         .collect()
     } else {
         focus.iter().map(String::as_str).collect()
     };
+    anyhow::ensure!(
+        !focus.is_empty() || wanted.len() == names.len(),
+        "the load order {wanted:?} leaves out some of the listeners {names:?}"
+    );
     let order: Vec<usize> = wanted
         .iter()
         .map(|f| {
@@ -722,7 +738,7 @@ async fn controller() -> anyhow::Result<()> {
         times.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
         println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, first change after it {first_after_sync:>5.0} ms, then change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads)", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
-        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "first_change_after_sync_ms": first_after_sync, "objects_per_cluster": 20, "change_ms": in_order}));
+        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "first_change_after_sync_ms": first_after_sync, "measured_changes_start_after_ms": 2000, "objects_per_cluster": 20, "change_ms": in_order}));
         for m in &members {
             m.shutdown();
         }
