@@ -386,7 +386,8 @@ async fn lead(
             }
             _ = resync.tick() => hub_dirty = true,
         }
-        let _detached = trimmer.maybe_trim();
+        // Detached: the trim runs on the blocking pool while the loop goes on.
+        drop(trimmer.maybe_trim());
     }
 }
 

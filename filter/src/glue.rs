@@ -439,14 +439,16 @@ pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _
     }
     // Probes: stage 0 plus one host call, to show what a call costs with and without data handed back.
     #[cfg(feature = "bench-stages")]
-    if bench_stop(4) {
-        host::now_ms();
-        return CONTINUE;
-    }
-    #[cfg(feature = "bench-stages")]
-    if bench_stop(5) {
-        host::request_header_value(b":path");
-        return CONTINUE;
+    match BENCH_STAGE.load(std::sync::atomic::Ordering::Relaxed) {
+        4 => {
+            host::now_ms();
+            return CONTINUE;
+        }
+        5 => {
+            host::request_header_value(b":path");
+            return CONTINUE;
+        }
+        _ => {}
     }
     let (root, several) = ROOTS.with(|r| {
         let roots = r.borrow();

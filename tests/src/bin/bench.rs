@@ -140,6 +140,9 @@ fn unmarked(mut config: Value) -> Value {
     config
 }
 
+/// How long after the first change that follows the initial sync the 20 measured changes start.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Listeners before the stage listeners: plain, native, ksit, ksit1000, ksit20, ksit20x, ksit_unmarked,
 /// trivial.
 const FIXED: usize = 8;
@@ -318,16 +321,13 @@ async fn filter() -> anyhow::Result<()> {
         ]
         .into_iter()
         .chain(
-            [
-                "stage0",
-                "probe_call",
-                "probe_value",
-                "stage1",
-                "stage2",
-                "stage3",
-            ]
-            .into_iter()
-            .filter(|n| stages.is_some() && STAGES.iter().any(|(s, _)| s == n)),
+            // Stage 0, the probes, then the rest of the chain.
+            STAGES[..1]
+                .iter()
+                .chain(&STAGES[CHAIN..])
+                .chain(&STAGES[1..CHAIN])
+                .map(|(n, _)| *n)
+                .filter(|_| stages.is_some()),
         )
         .collect()
     } else {
@@ -711,9 +711,9 @@ async fn controller() -> anyhow::Result<()> {
             Ok(t.elapsed().as_secs_f64() * 1000.0)
         };
         // One change at once, while the controller still finishes its initial sync (status, drift watches
-        // of every cluster); then the 20 measured changes, from 2 s later.
+        // of every cluster); then the 20 measured changes, from SETTLE later.
         let first_after_sync = change(11).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(SETTLE).await;
         let mut times = Vec::new();
         for k in 0..20 {
             times.push(change(12 + k).await?);
@@ -738,7 +738,7 @@ async fn controller() -> anyhow::Result<()> {
         times.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
         println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, first change after it {first_after_sync:>5.0} ms, then change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads)", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
-        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "first_change_after_sync_ms": first_after_sync, "measured_changes_start_after_ms": 2000, "objects_per_cluster": 20, "change_ms": in_order}));
+        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "first_change_after_sync_ms": first_after_sync, "measured_changes_start_after_ms": SETTLE.as_millis() as u64, "objects_per_cluster": 20, "change_ms": in_order}));
         for m in &members {
             m.shutdown();
         }
