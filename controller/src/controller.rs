@@ -228,6 +228,9 @@ where
 /// The shortest time between two status writes prompted by cluster reports.
 const STATUS_EVERY: Duration = Duration::from_millis(200);
 
+/// The shortest time between the starts of two hub reads prompted by hub events.
+const HUB_READ_EVERY: Duration = Duration::from_millis(30);
+
 /// The leader's work: runs until aborted.
 async fn lead(
     client: Client,
@@ -282,9 +285,12 @@ async fn lead(
     // When status was last written, and when reports that changed it are next written.
     let mut status_written = tokio::time::Instant::now();
     let mut status_due: Option<tokio::time::Instant> = None;
+    // When the hub was last read.
+    let mut hub_read = tokio::time::Instant::now();
     loop {
         if hub_dirty {
             hub_dirty = false;
+            hub_read = tokio::time::Instant::now();
             let read = tokio::time::timeout(hub_timeout, reader.load()).await;
             match read.unwrap_or_else(|_| {
                 Err(Error::Timeout {
@@ -359,8 +365,9 @@ async fn lead(
         let due = status_due;
         tokio::select! {
             Some(()) = poke_rx.recv() => {
-                // Coalesce a burst of hub events into one read.
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                // A change is read at once; a burst of hub events is read at most every HUB_READ_EVERY
+                // (the events that come meanwhile are one read).
+                tokio::time::sleep_until(hub_read + HUB_READ_EVERY).await;
                 while poke_rx.try_recv().is_ok() {}
                 hub_dirty = true;
             }

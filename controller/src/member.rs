@@ -241,8 +241,10 @@ fn apply_step(
             false
         }
         WatchStep::Put(at, o, live) => {
+            // The echo of ksit's own apply: the entry already holds what the apply answered.
+            let echo = kind.objects.get(&at).is_some_and(|c| c.0 == o.0);
             kind.objects.insert(at, o);
-            live
+            live && !echo
         }
         WatchStep::Done => {
             kind.ready = true;
@@ -365,8 +367,11 @@ impl Worker {
             tokio::select! {
                 changed = plans.changed() => if changed.is_err() { break },
                 Some(()) = self.drift_rx.recv() => {
-                    // Let a burst of watch events settle (our own applies echo back too).
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Let a burst of changes by others settle, unless a new plan comes meanwhile.
+                    tokio::select! {
+                        changed = plans.changed() => if changed.is_err() { break },
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
                     while self.drift_rx.try_recv().is_ok() {}
                 }
                 _ = tokio::time::sleep(wait) => {}
@@ -1039,6 +1044,39 @@ mod drift_cache_tests {
         assert!(
             kept.contains("\"manager\":\"ksit\"") && !kept.contains("f:spec"),
             "{kept}"
+        );
+    }
+
+    #[test]
+    fn the_echo_of_an_apply_does_not_poke() {
+        let mut c = cache_of(3);
+        let mut init = false;
+        let mut step = |c: &mut BTreeMap<_, _>, s| apply_step(c, &id(), 3, s, &mut init);
+        step(&mut c, WatchStep::Init);
+        step(&mut c, WatchStep::Done);
+        // What `apply_one` stores from the apply's answer, then the watch delivering the same object.
+        if let Some(k) = c.get_mut(&id()) {
+            k.objects.insert(at("a"), object("a"));
+        }
+        assert_eq!(
+            step(&mut c, WatchStep::Put(at("a"), object("a"), true)),
+            Some(false)
+        );
+        // Someone else's change to it, then its echo again (the same change seen twice pokes once).
+        let mut changed = object("a");
+        changed.0 = changed
+            .0
+            .replace("\"hosts\":[\"a\"]", "\"hosts\":[\"z\"]")
+            .into();
+        assert_ne!(changed.0, object("a").0, "the test edits the object");
+        let again = Cached(changed.0.clone());
+        assert_eq!(
+            step(&mut c, WatchStep::Put(at("a"), changed, true)),
+            Some(true)
+        );
+        assert_eq!(
+            step(&mut c, WatchStep::Put(at("a"), again, true)),
+            Some(false)
         );
     }
 
