@@ -143,6 +143,9 @@ fn unmarked(mut config: Value) -> Value {
 /// How long after the first change that follows the initial sync the 20 measured changes start.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// The pause between two measured controller changes.
+const CHANGE_GAP: Duration = Duration::from_millis(100);
+
 /// Listeners before the stage listeners: plain, native, ksit, ksit1000, ksit20, ksit20x, ksit_unmarked,
 /// trivial.
 const FIXED: usize = 8;
@@ -580,6 +583,22 @@ fn rss_mb(pid: u32) -> f64 {
     proc_status_mb(pid, "VmHWM:")
 }
 
+/// CPU time (user and system) a process has used so far, in milliseconds (`/proc/PID/stat`; "self" for
+/// this one).
+fn cpu_ms(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            // The kernel's USER_HZ is 100 on Linux.
+            Some(ticks * 10.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// A `/proc/PID/status` memory field (`VmHWM:` peak, `VmRSS:` now) in MB.
 fn proc_status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -701,10 +720,18 @@ async fn controller() -> anyhow::Result<()> {
             tp["spec"]["http"][0]["route"][1]["weight"] = json!(w);
             let t = Instant::now();
             hub.put(tp.clone(), "b")?;
-            while !members.iter().all(|m| weight(m) == Some(w)) {
+            // Only members still waiting are read again, so the polling costs little of the CPU the
+            // controller and the emulators share with it.
+            let mut waiting: Vec<&Emulator> = members.iter().collect();
+            loop {
+                waiting.retain(|m| weight(m) != Some(w));
+                if waiting.is_empty() {
+                    break;
+                }
                 anyhow::ensure!(
                     t.elapsed() < Duration::from_secs(60),
-                    "the change to weight {w} did not reach {n} clusters"
+                    "the change to weight {w} did not reach {} of {n} clusters",
+                    waiting.len()
                 );
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -715,9 +742,17 @@ async fn controller() -> anyhow::Result<()> {
         let first_after_sync = change(11).await?;
         tokio::time::sleep(SETTLE).await;
         let mut times = Vec::new();
+        let cpu_before = (cpu_ms(&child.id().to_string()), cpu_ms("self"));
         for k in 0..20 {
             times.push(change(12 + k).await?);
+            // Changes come apart, as people make them: each is measured alone, not behind the last.
+            tokio::time::sleep(CHANGE_GAP).await;
         }
+        // CPU per change (the gaps included) of the controller, and of the emulators with this poller.
+        let cpu_per_change = (
+            (cpu_ms(&child.id().to_string()) - cpu_before.0) / 20.0,
+            (cpu_ms("self") - cpu_before.1) / 20.0,
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         for m in &members {
             m.reset_stats();
@@ -737,8 +772,8 @@ async fn controller() -> anyhow::Result<()> {
         let in_order: Vec<u64> = times.iter().map(|t| t.round() as u64).collect();
         times.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
-        println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, first change after it {first_after_sync:>5.0} ms, then change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads)", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99));
-        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "first_change_after_sync_ms": first_after_sync, "measured_changes_start_after_ms": SETTLE.as_millis() as u64, "objects_per_cluster": 20, "change_ms": in_order}));
+        println!("  {n:>3} cluster(s): initial sync {:>6.0} ms, first change after it {first_after_sync:>5.0} ms, then change p50 {:>6.1} ms, p99 {:>6.1} ms, idle writes {idle_writes}, peak RSS {rss:.1} MB (after sync {rss_after_sync:.1}, at the end {rss_now:.1}, {threads} threads); CPU per change: controller {:.0} ms, emulators {:.0} ms", initial.as_secs_f64() * 1000.0, p(0.5), p(0.99), cpu_per_change.0, cpu_per_change.1);
+        entries.push(json!({"clusters": n, "p50_ms": p(0.5), "p99_ms": p(0.99), "idle_writes": idle_writes, "rss_mb": rss, "rss_after_sync_mb": rss_after_sync, "rss_end_mb": rss_now, "initial_sync_ms": initial.as_secs_f64() * 1000.0, "first_change_after_sync_ms": first_after_sync, "measured_changes_start_after_ms": SETTLE.as_millis() as u64, "gap_between_changes_ms": CHANGE_GAP.as_millis() as u64, "controller_cpu_ms_per_change": cpu_per_change.0, "emulators_cpu_ms_per_change": cpu_per_change.1, "objects_per_cluster": 20, "change_ms": in_order}));
         for m in &members {
             m.shutdown();
         }
