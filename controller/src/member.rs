@@ -9,9 +9,11 @@ use crate::error::Error;
 use crate::metrics::{ClusterLabel, Metrics, WriteLabels};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -103,16 +105,16 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
     }
 }
 
-/// Whether ksit owns `live`: it carries ksit's label and ksit-controller is one of its field managers.
-pub fn owned(live: &DynamicObject) -> bool {
-    let labelled = live
-        .metadata
+/// Whether ksit owns a live object, by its metadata: it carries ksit's label and ksit-controller is one of its
+/// field managers.
+pub fn owned(meta: &ObjectMeta) -> bool {
+    let labelled = meta
         .labels
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY_LABEL))
         .map(String::as_str)
         == Some(MANAGED_BY_VALUE);
-    let managed = live.metadata.managed_fields.as_ref().is_some_and(|m| {
+    let managed = meta.managed_fields.as_ref().is_some_and(|m| {
         m.iter()
             .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
     });
@@ -130,9 +132,8 @@ fn spread(resync: Duration, cluster: &str, round: u64) -> Duration {
     resync * 4 / 5 + resync * (permille as u32) / 1000
 }
 
-fn managers(live: &DynamicObject) -> String {
-    let m: Vec<String> = live
-        .metadata
+fn managers(meta: &ObjectMeta) -> String {
+    let m: Vec<String> = meta
         .managed_fields
         .as_ref()
         .map(|m| m.iter().filter_map(|f| f.manager.clone()).collect())
@@ -206,6 +207,10 @@ impl Cached {
         )
     }
     fn object(&self) -> Option<DynamicObject> {
+        serde_json::from_str(&self.0).ok()
+    }
+    /// The object as a JSON tree: what a pass compares the desired fields against (one parse, no typed copy).
+    fn value(&self) -> Option<Value> {
         serde_json::from_str(&self.0).ok()
     }
 }
@@ -617,7 +622,7 @@ impl Worker {
     }
 
     /// The object as the drift watch last saw it, when that watch is in sync; None means "ask the cluster".
-    fn cached(&self, obj: &DesiredObject) -> Option<DynamicObject> {
+    fn cached(&self, obj: &DesiredObject) -> Option<Value> {
         let c = self.cache.lock().ok()?;
         let kind = c.get(&(obj.kind.group.clone(), obj.kind.plural.clone()))?;
         if !kind.ready {
@@ -625,7 +630,7 @@ impl Worker {
         }
         kind.objects
             .get(&(obj.namespace.clone(), obj.name.clone()))
-            .and_then(Cached::object)
+            .and_then(Cached::value)
     }
 
     async fn reconcile(&mut self, plan: &ClusterPlan) -> ClusterReport {
@@ -754,11 +759,24 @@ impl Worker {
             let api = api_for(client, kind, None);
             let lp =
                 ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-            // The drift watch's view when it is in sync, else a list.
+            // The drift watch's view when it is in sync, else a list. Wanted objects are left out of the
+            // view unparsed: they are kept, and their kind is wanted, so they change nothing below.
             let seen: Option<Vec<DynamicObject>> = self.cache.lock().ok().and_then(|c| {
-                c.get(&(kind.group.clone(), kind.plural.clone()))
-                    .filter(|k| k.ready)
-                    .map(|k| k.objects.values().filter_map(Cached::object).collect())
+                c.get(&gp).filter(|k| k.ready).map(|k| {
+                    k.objects
+                        .iter()
+                        .filter(|((ns, name), _)| {
+                            let ns = ns.clone().filter(|_| kind.namespaced);
+                            !wanted.contains(&(
+                                kind.group.clone(),
+                                kind.plural.clone(),
+                                ns,
+                                name.clone(),
+                            ))
+                        })
+                        .filter_map(|(_, o)| o.object())
+                        .collect()
+                })
             });
             let items = match seen {
                 Some(items) => items,
@@ -779,7 +797,7 @@ impl Worker {
                     namespace: live.metadata.namespace.clone().filter(|_| kind.namespaced),
                     name: live.metadata.name.clone().unwrap_or_default(),
                 };
-                if !owned(&live) {
+                if !owned(&live.metadata) {
                     continue;
                 }
                 if wanted.contains(&id(&key)) || retained.contains(&id(&key)) {
@@ -862,20 +880,23 @@ impl Worker {
         let api = api_for(client, &obj.kind, obj.namespace.as_deref());
         let live = match self.cached(obj) {
             Some(seen) => Some(seen),
-            None => timed(&cluster, self.cfg.timeout, api.get_opt(&obj.name)).await?,
+            None => timed(&cluster, self.cfg.timeout, api.get_opt(&obj.name))
+                .await?
+                .map(|o| serde_json::to_value(o).unwrap_or_default()),
         };
         if let Some(live) = &live {
             if obj.create_only {
                 return Ok(()); // exists: createOnly objects (and namespaces) are never updated
             }
-            if !owned(live) {
+            // Unreadable metadata counts as not ksit's.
+            let meta = ObjectMeta::deserialize(&live["metadata"]).unwrap_or_default();
+            if !owned(&meta) {
                 return Err(Error::NotOwned {
                     object: key.to_string(),
-                    detail: managers(live),
+                    detail: managers(&meta),
                 });
             }
-            let live_value = serde_json::to_value(live).unwrap_or_default();
-            if contains(&live_value, &obj.manifest) {
+            if contains(live, &obj.manifest) {
                 return Ok(()); // already as desired: no write
             }
         }
