@@ -206,11 +206,9 @@ impl Cached {
                 .into_boxed_str(),
         )
     }
-    fn object(&self) -> Option<DynamicObject> {
-        serde_json::from_str(&self.0).ok()
-    }
-    /// The object as a JSON tree: what a pass compares the desired fields against (one parse, no typed copy).
-    fn value(&self) -> Option<Value> {
+    /// The object parsed: as a JSON tree (`Value`) to compare the desired fields against in one parse, or
+    /// typed (`DynamicObject`).
+    fn parsed<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_str(&self.0).ok()
     }
 }
@@ -630,7 +628,7 @@ impl Worker {
         }
         kind.objects
             .get(&(obj.namespace.clone(), obj.name.clone()))
-            .and_then(Cached::value)
+            .and_then(Cached::parsed)
     }
 
     async fn reconcile(&mut self, plan: &ClusterPlan) -> ClusterReport {
@@ -756,6 +754,12 @@ impl Worker {
             if !present {
                 continue;
             }
+            // A live object's key: its namespace counts only for a namespaced kind.
+            let live_key = |namespace: &Option<String>, name: &str| ObjectKey {
+                kind: kind.clone(),
+                namespace: namespace.clone().filter(|_| kind.namespaced),
+                name: name.to_owned(),
+            };
             let api = api_for(client, kind, None);
             let lp =
                 ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
@@ -765,16 +769,8 @@ impl Worker {
                 c.get(&gp).filter(|k| k.ready).map(|k| {
                     k.objects
                         .iter()
-                        .filter(|((ns, name), _)| {
-                            let ns = ns.clone().filter(|_| kind.namespaced);
-                            !wanted.contains(&(
-                                kind.group.clone(),
-                                kind.plural.clone(),
-                                ns,
-                                name.clone(),
-                            ))
-                        })
-                        .filter_map(|(_, o)| o.object())
+                        .filter(|((ns, name), _)| !wanted.contains(&id(&live_key(ns, name))))
+                        .filter_map(|(_, o)| o.parsed())
                         .collect()
                 })
             });
@@ -792,11 +788,10 @@ impl Worker {
             };
             let mut left = false;
             for live in items {
-                let key = ObjectKey {
-                    kind: kind.clone(),
-                    namespace: live.metadata.namespace.clone().filter(|_| kind.namespaced),
-                    name: live.metadata.name.clone().unwrap_or_default(),
-                };
+                let key = live_key(
+                    &live.metadata.namespace,
+                    live.metadata.name.as_deref().unwrap_or_default(),
+                );
                 if !owned(&live.metadata) {
                     continue;
                 }
