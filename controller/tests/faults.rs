@@ -115,7 +115,7 @@ fn owned_counts(m: &Emulator) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts() {
     capture_logs();
-    let Some(s) = setup(true).await else { return };
+    let s = setup(true).await;
     let (c1, c2) = (&s.members[0], &s.members[1]);
     let controller = tokio::spawn(run_async(args(&s, "faulty")));
     wait_for("initial sync", Duration::from_secs(15), || {
@@ -268,7 +268,7 @@ async fn converges_through_errors_latency_dropped_watches_wipes_and_hub_restarts
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() {
     capture_logs();
-    let Some(s) = setup(true).await else { return };
+    let s = setup(true).await;
     let (c1, c2) = (&s.members[0], &s.members[1]);
     for m in [c1, c2] {
         m.faults().set_latency(Duration::from_millis(150));
@@ -387,7 +387,7 @@ async fn killed_mid_apply_the_next_instance_converges_without_spurious_writes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_renewals_hang_stops_at_the_renewal_deadline() {
     capture_logs();
-    let Some(s) = setup(true).await else { return };
+    let s = setup(true).await;
     let (c1, c2) = (&s.members[0], &s.members[1]);
     let id = "slow-hub";
     let lines = |what: &str| {
@@ -442,7 +442,7 @@ async fn a_leader_whose_renewals_hang_stops_at_the_renewal_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_reads_that_take_too_long_time_out_and_are_retried() {
     capture_logs();
-    let Some(s) = setup(true).await else { return };
+    let s = setup(true).await;
     let (c1, c2) = (&s.members[0], &s.members[1]);
     let mut a = args(&s, "slow-reads");
     a.hub_timeout_seconds = 1;

@@ -1,5 +1,9 @@
-//! Shared set-up of the controller e2e tests: a hub and three member emulators with the corrected KSIT example.
+//! Shared set-up of the controller tests: the corrected KSIT example, waits on conditions, and two worlds to
+//! run the controller in: real API servers (`real`, for the scenarios) and API emulators (this module's
+//! `setup`, for faults a real server cannot be made to show: injected 500s, 409s, latency, dropped watches).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod real;
 
 pub use ksit_controller::controller::{run_async, ControllerArgs};
 pub use ksit_controller::module::ModuleArgs;
@@ -37,6 +41,21 @@ pub fn b64(data: &[u8]) -> String {
     out
 }
 
+/// Waits until `f` answers true, polling every 50 ms; fails the test after `limit`.
+pub async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -59,21 +78,19 @@ pub fn target(name: &str, labels: Value) -> Value {
            "spec": {"clusterName": name, "labels": labels}})
 }
 
-/// `istio_on_cluster3`: whether cluster3 has the Istio CRDs installed.
-pub async fn setup(istio_on_cluster3: bool) -> Option<Setup> {
-    if ksit_emulator::shared_schemas().is_none() {
-        eprintln!("skipped: ../shared/schemas (the Istio CRDs) is absent");
-        return None;
-    }
+/// Emulators: a hub and three members with the example. `istio_on_cluster3`: whether cluster3 has Istio's
+/// CRDs (from the pinned istio.io/istio module, as on the real servers).
+pub async fn setup(istio_on_cluster3: bool) -> Setup {
+    let istio = ksit_kube::istio_crds_yaml().unwrap();
     let hub = Emulator::start("hub").await.unwrap();
     hub.load_crds_yaml(&ksit_controller::resources::crds_yaml())
         .unwrap();
-    hub.load_shared_crds().unwrap();
+    hub.load_crds_yaml(&istio).unwrap();
     let mut members = Vec::new();
     for n in ["cluster1", "cluster2", "cluster3"] {
         let m = Emulator::start(n).await.unwrap();
         if n != "cluster3" || istio_on_cluster3 {
-            m.load_shared_crds().unwrap();
+            m.load_crds_yaml(&istio).unwrap();
         }
         m.put(
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
@@ -124,12 +141,12 @@ pub async fn setup(istio_on_cluster3: bool) -> Option<Setup> {
     hub.write_kubeconfig(&dir.join("hub.kubeconfig")).unwrap();
     let module = dir.join("module.wasm");
     std::fs::write(&module, b"\0asm-not-really").unwrap();
-    Some(Setup {
+    Setup {
         hub,
         members,
         dir,
         module,
-    })
+    }
 }
 
 pub fn args(s: &Setup, identity: &str) -> ControllerArgs {

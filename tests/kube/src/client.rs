@@ -250,6 +250,15 @@ impl Client {
     /// Server-side apply with force, as `manager`. The kind is found from apiVersion and kind; a cluster-scoped
     /// object loses a `metadata.namespace` (as kubectl does).
     pub async fn apply(&self, object: &Value, manager: &str) -> anyhow::Result<Value> {
+        self.apply_to(object, manager, "").await
+    }
+
+    /// Server-side apply with force of the object's status (its status subresource), as `manager`.
+    pub async fn apply_status(&self, object: &Value, manager: &str) -> anyhow::Result<Value> {
+        self.apply_to(object, manager, "/status").await
+    }
+
+    async fn apply_to(&self, object: &Value, manager: &str, sub: &str) -> anyhow::Result<Value> {
         let av = object["apiVersion"]
             .as_str()
             .context("apiVersion missing")?;
@@ -273,7 +282,7 @@ impl Client {
             None
         };
         let path = format!(
-            "{}?fieldManager={manager}&force=true",
+            "{}{sub}?fieldManager={manager}&force=true",
             r.path(ns.as_deref(), Some(name))
         );
         let res = self
