@@ -2,7 +2,8 @@
 # Builds the test infrastructure ksit's tests run against, from pinned Go modules, into a cache outside the
 # clone keyed by the Go files (a second run is a no-op), and prints the folder that holds it:
 #   build.sh kube    etcd and kube-apiserver (or $KUBEBUILDER_ASSETS when it holds both, as envtest does)
-#   build.sh istio   istioctl, and Istio's CRDs (crd-all.gen.yaml) from the same istio.io/istio module
+#   build.sh istio        istioctl, from the pinned istio.io/istio module
+#   build.sh istio-crds   Istio's CRDs (crd-all.gen.yaml) from that module: a module download, no build
 # Build times go to stderr. Concurrent callers wait for one build (flock).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -57,18 +58,28 @@ istio)
     mkdir -p "$dir"
     exec 9>"$dir/.lock"
     flock 9
-    if ! built "$dir" istioctl || [ ! -s "$dir/crd-all.gen.yaml" ]; then
-        # The module's own copy of its CRDs (with their CEL rules), from the module cache the build fills.
+    if ! built "$dir" istioctl; then
+        version=$(cd "$here/go/istioctl" && go list -m -f '{{.Version}}' istio.io/istio)
+        build istioctl "$dir/istioctl" "-X istio.io/istio/pkg/version.buildVersion=$version"
+    fi
+    echo "$dir"
+    ;;
+istio-crds)
+    dir="$cache/istio-crds-$(key istioctl/go.mod)"
+    mkdir -p "$dir"
+    exec 9>"$dir/.lock"
+    flock 9
+    if [ ! -s "$dir/crd-all.gen.yaml" ]; then
+        # The module's own copy of its CRDs, with their CEL validation rules.
         mod=$(cd "$here/go/istioctl" && go mod download -json istio.io/istio | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+        [ -n "$mod" ] || { echo "ksit-kube: go mod download istio.io/istio gave no folder" >&2; exit 1; }
         cp "$mod/manifests/charts/base/files/crd-all.gen.yaml" "$dir/crd-all.gen.yaml.tmp"
         mv "$dir/crd-all.gen.yaml.tmp" "$dir/crd-all.gen.yaml"
-        version=$(cd "$here/go/istioctl" && go list -m -f '{{.Version}}' istio.io/istio)
-        built "$dir" istioctl || build istioctl "$dir/istioctl" "-X istio.io/istio/pkg/version.buildVersion=$version"
     fi
     echo "$dir"
     ;;
 *)
-    echo "usage: $0 kube|istio" >&2
+    echo "usage: $0 kube|istio|istio-crds" >&2
     exit 2
     ;;
 esac

@@ -46,6 +46,16 @@ pub use envoy::{
 use std::path::PathBuf;
 
 /// The workspace root.
+/// Istio's own CRDs from the pinned istio.io/istio module (tests/kube/build.sh istio-crds), parsed.
+pub fn istio_crd_documents() -> anyhow::Result<Vec<serde_json::Value>> {
+    let text = ksit_kube::istio_crds_yaml()?;
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
+        docs.push(serde::Deserialize::deserialize(d)?);
+    }
+    Ok(docs)
+}
+
 pub fn repo_root() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     root.canonicalize().unwrap_or(root)

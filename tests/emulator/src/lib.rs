@@ -276,13 +276,20 @@ impl Emulator {
     /// API (a CRD already registered under that name is left as it is). Other documents are ignored.
     /// Returns how many CRDs the text had.
     pub fn load_crds_yaml(&self, yaml: &str) -> Result<usize, Error> {
-        let mut crds = Vec::new();
+        let mut docs = Vec::new();
         for de in serde_yaml::Deserializer::from_str(yaml) {
-            let v: Value = serde::Deserialize::deserialize(de)?;
-            if v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
-                crds.push(v);
-            }
+            docs.push(serde::Deserialize::deserialize(de)?);
         }
+        self.load_crds(&docs)
+    }
+
+    /// [`Emulator::load_crds_yaml`] for documents already parsed (parse once, load into many emulators).
+    pub fn load_crds(&self, docs: &[Value]) -> Result<usize, Error> {
+        let crds: Vec<Value> = docs
+            .iter()
+            .filter(|v| v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+            .cloned()
+            .collect();
         let n = crds.len();
         let (r, _) = self.inner.write(|s| -> Result<(), ApiError> {
             for v in crds {
@@ -298,37 +305,6 @@ impl Emulator {
             Ok(())
         });
         r?;
-        Ok(n)
-    }
-
-    /// Registers Istio's kinds: the real CRDs from ../shared/schemas when present, else minimal stand-ins
-    /// (crds/istio-minimal.yaml: kinds, versions and scope, specs unvalidated). Returns whether they were
-    /// the real ones.
-    pub fn load_istio_crds(&self) -> Result<bool, Error> {
-        if self.load_shared_crds()? > 0 {
-            return Ok(true);
-        }
-        self.load_crds_yaml(include_str!("../crds/istio-minimal.yaml"))?;
-        Ok(false)
-    }
-
-    /// Registers the CRDs of every `*.yaml` file in ../shared/schemas (Istio, KSIT, KubeStellar) when that
-    /// folder exists (0 when it does not).
-    pub fn load_shared_crds(&self) -> Result<usize, Error> {
-        let Some(dir) = shared_schemas() else {
-            return Ok(0);
-        };
-        let mut n = 0;
-        let mut files: Vec<_> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        for f in files
-            .iter()
-            .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        {
-            n += self.load_crds_yaml(&std::fs::read_to_string(f)?)?;
-        }
         Ok(n)
     }
 
@@ -504,12 +480,6 @@ impl Emulator {
 
 const CRD_GROUP: &str = "apiextensions.k8s.io";
 const CRDS: &str = "customresourcedefinitions";
-/// ../shared/schemas relative to the workspace, when present.
-pub fn shared_schemas() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/schemas");
-    p.is_dir().then_some(p)
-}
-
 async fn serve(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,

@@ -6,7 +6,8 @@ use ksit_emulator::Emulator;
 use std::path::PathBuf;
 
 /// Starts in-memory Kubernetes API emulators on 127.0.0.1, one per --cluster, and writes
-/// DIR/NAME.kubeconfig for each. Loads the CRDs of ../shared/schemas when present, and every --crds file.
+/// DIR/NAME.kubeconfig for each, with the CRDs of every --crds file registered (Istio's:
+/// `--crds $(tests/kube/build.sh istio)/crd-all.gen.yaml`; ksit's: `ksit crds > ksit.yaml`).
 /// Prints one line per cluster: NAME URL KUBECONFIG. Runs until interrupted (SIGINT or SIGTERM).
 #[derive(Parser, Debug)]
 #[command(name = "ksit-emulator", version)]
@@ -20,9 +21,6 @@ struct Args {
     /// A YAML file of CustomResourceDefinitions to register in every cluster (repeatable).
     #[arg(long = "crds", value_name = "PATH")]
     crds: Vec<PathBuf>,
-    /// Do not load ../shared/schemas.
-    #[arg(long)]
-    no_shared_crds: bool,
 }
 
 fn parse_cluster(c: &str) -> anyhow::Result<(String, u16)> {
@@ -53,9 +51,6 @@ async fn main() -> anyhow::Result<()> {
     for c in &args.clusters {
         let (name, port) = parse_cluster(c)?;
         let e = Emulator::start_on(&name, ([127, 0, 0, 1], port).into()).await?;
-        if !args.no_shared_crds {
-            e.load_shared_crds()?;
-        }
         for (f, text) in &crds {
             e.load_crds_yaml(text)
                 .map_err(|err| anyhow::anyhow!("{}: {err}", f.display()))?;

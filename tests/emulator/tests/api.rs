@@ -933,15 +933,23 @@ async fn discovery_plain_and_aggregated() {
 }
 
 #[tokio::test]
-async fn shared_istio_and_kubestellar_crds() {
-    let e = Emulator::start("shared").await.unwrap();
+async fn istio_and_kubestellar_crds() {
+    let e = Emulator::start("real-crds").await.unwrap();
     let start = std::time::Instant::now();
-    let n = e.load_shared_crds().unwrap();
-    if n == 0 {
-        eprintln!("skipped: ../shared/schemas is absent");
-        return;
-    }
-    eprintln!("{n} shared CRDs loaded in {:?}", start.elapsed());
+    // Istio's own CRDs from the pinned istio.io/istio module; BindingPolicy's as `ksit crds` generates it.
+    let n = e
+        .load_crds_yaml(&ksit_kube::istio_crds_yaml().unwrap())
+        .unwrap()
+        + e.load_crds_yaml(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../manifests/crds.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+    assert!(n > 10, "{n} CRDs");
+    eprintln!("{n} CRDs loaded in {:?}", start.elapsed());
     let c = client(&e).await;
     let dynamic = |group: &str, version: &str, kind: &str, plural: &str| ApiResource {
         group: group.into(),
@@ -1167,14 +1175,7 @@ async fn the_binary_starts_clusters_and_writes_kubeconfigs() {
     use tokio::io::AsyncBufReadExt;
     let dir = std::env::temp_dir().join(format!("ksit-emulator-bin-{}", std::process::id()));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ksit-emulator"))
-        .args([
-            "--cluster",
-            "hub",
-            "--cluster",
-            "member",
-            "--no-shared-crds",
-            "--dir",
-        ])
+        .args(["--cluster", "hub", "--cluster", "member", "--dir"])
         .arg(&dir)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

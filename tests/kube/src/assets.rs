@@ -45,19 +45,17 @@ pub fn kube_assets() -> anyhow::Result<PathBuf> {
     cached(&CELL, "kube")
 }
 
-/// The folder holding `istioctl` and `crd-all.gen.yaml`, both from the pinned `istio.io/istio` module.
-pub fn istio_assets() -> anyhow::Result<PathBuf> {
+/// `istioctl`, built from the pinned `istio.io/istio` module.
+pub fn istioctl() -> anyhow::Result<PathBuf> {
     static CELL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    cached(&CELL, "istio")
+    Ok(cached(&CELL, "istio")?.join("istioctl"))
 }
 
-/// Istio's own CRDs, with their CEL validation rules, as the pinned `istio.io/istio` module ships them.
+/// Istio's own CRDs, with their CEL validation rules, as the pinned `istio.io/istio` module ships them
+/// (`manifests/charts/base/files/crd-all.gen.yaml`; a module download, nothing is built).
 pub fn istio_crds_yaml() -> anyhow::Result<String> {
-    let p = istio_assets()?.join("crd-all.gen.yaml");
+    static CELL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let p = cached(&CELL, "istio-crds")?.join("crd-all.gen.yaml");
     std::fs::read_to_string(&p)
         .with_context(|| format!("reading Istio's CRDs from {}", p.display()))
-}
-
-pub fn istioctl() -> anyhow::Result<PathBuf> {
-    Ok(istio_assets()?.join("istioctl"))
 }

@@ -9,7 +9,7 @@ mod client;
 mod process;
 mod server;
 
-pub use assets::{istio_assets, istio_crds_yaml, istioctl, kube_assets};
+pub use assets::{istio_crds_yaml, istioctl, kube_assets};
 pub use audit::AuditEvent;
 pub use client::{Client, Resource, Response};
 pub use process::Supervised;
@@ -41,6 +41,59 @@ pub fn kubeconfig(name: &str, server: &str, ca_pem: &str, token: &str) -> String
          - name: {name}\n  context:\n    cluster: {name}\n    user: {name}\ncurrent-context: {name}\n",
         ca = base64(ca_pem.as_bytes())
     )
+}
+
+/// With an admin's kubeconfig: applies `rbac_yaml` (the ServiceAccount, its Roles and bindings; the namespace
+/// is created first), then returns a kubeconfig for the same cluster holding a token of the ServiceAccount
+/// `namespace/name` from the TokenRequest API (valid for a day). The server's authorizer then allows that
+/// kubeconfig exactly what the manifests grant. Works on any cluster, not only one of [`ApiServer`]'s.
+pub async fn service_account_kubeconfig(
+    admin_kubeconfig: &str,
+    rbac_yaml: &str,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let admin = Client::new(admin_kubeconfig).await?;
+    admin
+        .apply(
+            &serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            "ksit-test-setup",
+        )
+        .await?;
+    admin.apply_yaml(rbac_yaml, "ksit-test-setup").await?;
+    let token = admin.create_token(namespace, name).await?;
+    // The cluster entry of the current context: its server and how to trust it.
+    let kc: serde_json::Value = serde_yaml::from_str(admin_kubeconfig)?;
+    let context = kc["current-context"]
+        .as_str()
+        .context("no current-context")?;
+    let cluster_name = kc["contexts"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == context))
+        .and_then(|c| c["context"]["cluster"].as_str())
+        .context("the current context names no cluster")?;
+    let mut cluster = kc["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == cluster_name))
+        .map(|c| c["cluster"].clone())
+        .context("the current context's cluster is not in the kubeconfig")?;
+    // A CA file is inlined, so the new kubeconfig works wherever it is written.
+    if let Some(file) = cluster["certificate-authority"].as_str().map(String::from) {
+        let pem = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
+        cluster["certificate-authority-data"] = base64(&pem).into();
+        if let Some(c) = cluster.as_object_mut() {
+            c.remove("certificate-authority");
+        }
+    }
+    let out = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": cluster_name, "cluster": cluster}],
+        "users": [{"name": format!("{namespace}-{name}"), "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": cluster_name, "user": format!("{namespace}-{name}")}}],
+        "current-context": context,
+    });
+    Ok(serde_yaml::to_string(&out)?)
 }
 
 #[cfg(test)]

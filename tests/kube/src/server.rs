@@ -269,28 +269,17 @@ impl ApiServer {
         Client::new(&self.kubeconfig(None)).await
     }
 
-    /// Applies `rbac_yaml` (ServiceAccounts, Roles, bindings) as the admin, then returns a kubeconfig with a
-    /// token of the ServiceAccount `namespace/name` (from the TokenRequest API, valid for a day). The server's
-    /// authorizer then allows that kubeconfig exactly what the RBAC manifests grant.
+    /// Applies `rbac_yaml` as the admin and returns a kubeconfig of the ServiceAccount `namespace/name`: see
+    /// [`crate::service_account_kubeconfig`].
     pub async fn service_account_kubeconfig(
         &self,
         rbac_yaml: &str,
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<String> {
-        let admin = self.admin().await?;
-        admin
-            .apply(
-                &serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
-                "ksit-test-setup",
-            )
-            .await?;
-        admin.apply_yaml(rbac_yaml, "ksit-test-setup").await?;
-        let token = admin
-            .create_token(namespace, name)
+        crate::service_account_kubeconfig(&self.kubeconfig(None), rbac_yaml, namespace, name)
             .await
-            .with_context(|| format!("{}: token for {namespace}/{name}", self.name))?;
-        Ok(self.kubeconfig(Some(&token)))
+            .with_context(|| format!("{}: ServiceAccount {namespace}/{name}", self.name))
     }
 
     /// Every request the audit log recorded so far (the API server's own requests left out).

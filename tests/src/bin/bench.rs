@@ -634,10 +634,22 @@ async fn controller() -> anyhow::Result<()> {
     let module = ksit_tests::envoy::filter_wasm()?;
     let mut entries = Vec::new();
     println!("\ncontroller: a TrafficPolicy change on the hub until every member's WasmPlugin carries it (20 changes)");
+    // Istio's own CRDs (from the pinned istio.io/istio module) of the kinds the bench sends, parsed once.
+    let istio_crds: Vec<Value> = ksit_tests::istio_crd_documents()?
+        .into_iter()
+        .filter(|c| {
+            [
+                "wasmplugins.extensions.istio.io",
+                "virtualservices.networking.istio.io",
+                "destinationrules.networking.istio.io",
+            ]
+            .contains(&c["metadata"]["name"].as_str().unwrap_or(""))
+        })
+        .collect();
     for &n in sizes {
         let hub = Emulator::start("hub").await?;
         hub.load_crds_yaml(&ksit_controller::resources::crds_yaml())?;
-        hub.load_istio_crds()?;
+        hub.load_crds(&istio_crds)?;
         for ns in ["ksit-system", "istio-system"] {
             hub.put(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
@@ -647,7 +659,7 @@ async fn controller() -> anyhow::Result<()> {
         let mut members = Vec::new();
         for i in 0..n {
             let m = Emulator::start(&format!("c{i}")).await?;
-            m.load_istio_crds()?;
+            m.load_crds(&istio_crds)?;
             hub.put(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("c{i}-kubeconfig"), "namespace": "ksit-system"}, "data": {"kubeconfig": b64(m.kubeconfig().as_bytes())}}), "b")?;
             hub.put(json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget", "metadata": {"name": format!("c{i}"), "namespace": "ksit-system"}, "spec": {"clusterName": format!("c{i}"), "labels": {"mesh": "enabled"}}}), "b")?;
             members.push(m);
