@@ -170,11 +170,11 @@ impl ApiServer {
             bail!("{name}: kube-apiserver found no free port in 3 attempts");
         }
         let version = server.admin().await?.version().await?;
-        eprintln!(
+        say(&format!(
             "ksit-kube: {name}: kube-apiserver {version} ready at {} in {:.1} s (etcd and kube-apiserver)",
             server.url(),
             started.elapsed().as_secs_f64()
-        );
+        ));
         if version != KUBERNETES_VERSION {
             bail!("{name}: kube-apiserver reports {version}, expected {KUBERNETES_VERSION}");
         }
@@ -307,6 +307,12 @@ impl ApiServer {
     }
 }
 
+/// A line on the process's stderr even inside a test, whose `eprintln!` output the harness captures: the log of
+/// `make test` shows every server that started, its version and how long it took.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn path(dir: &Path, file: &str) -> String {
     dir.join(file).to_string_lossy().into_owned()
 }
@@ -364,7 +370,11 @@ impl Drop for ApiServer {
             p.stop();
         }
         if self.keep {
-            eprintln!("ksit-kube: {}: kept {}", self.name, self.dir.display());
+            say(&format!(
+                "ksit-kube: {}: kept {}",
+                self.name,
+                self.dir.display()
+            ));
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -322,10 +322,13 @@ async fn run() -> anyhow::Result<()> {
     let total = (API_REQUESTS + WEB_REQUESTS) * envoys.len();
     say(&format!("\nsending {total} requests ({API_REQUESTS} /api + {WEB_REQUESTS} /web per cluster, distinct x-request-id, 500 users):"));
     let done = Arc::new(AtomicUsize::new(0));
+    // A live bar on a terminal; in a log (make test, CI), one line when the phase ends.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let started_traffic = Instant::now();
     let progress = {
         let done = done.clone();
         tokio::spawn(async move {
-            loop {
+            while terminal {
                 let d = done.load(Ordering::Relaxed).min(total);
                 let filled = d * 40 / total.max(1);
                 print!(
@@ -356,7 +359,14 @@ async fn run() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     done.store(total, Ordering::Relaxed);
     let _ = progress.await;
-    say("");
+    if terminal {
+        say("");
+    } else {
+        say(&format!(
+            "  {total}/{total} requests sent in {:.1} s",
+            started_traffic.elapsed().as_secs_f64()
+        ));
+    }
 
     // 7. Report.
     say(&format!(
