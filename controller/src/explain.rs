@@ -128,6 +128,7 @@ pub fn engine_for(
             spec,
         }],
         header_for_stable: !stable_by_default_route,
+        ..PluginConfig::default()
     };
     let engine = Engine::compile(&cfg, None).map_err(|e| {
         anyhow::anyhow!(

@@ -12,7 +12,7 @@
 use crate::paused::{Paused, PausedSet};
 use crate::roots::{Registered, Roots};
 use crate::{header_map, host, metrics};
-use ksit_policy::{AbortStatus, Engine, Request, DESTINATION_HEADER};
+use ksit_policy::{AbortStatus, ClusterSource, Engine, ProxyCluster, Request, DESTINATION_HEADER};
 use log::{error, info, warn};
 use proxy_wasm::types::{LogLevel, MetricType};
 use std::cell::{Cell, RefCell};
@@ -35,6 +35,14 @@ const ROOT_SWEEP_MS: u64 = 5_000;
 
 /// The property naming a request's filter instance, asked only when several share the VM.
 const PLUGIN_NAME: &[u8] = b"plugin_name";
+
+/// The proxy's Istio cluster ID (istiod puts `CLUSTER_ID` in every proxy's node metadata), read once per
+/// configuration, never per request: the node is the `xds.node` attribute (Envoy 1.36 and later), `node`
+/// in older proxies.
+const ISTIO_CLUSTER_ID: [&[u8]; 2] = [
+    b"xds\0node\0metadata\0CLUSTER_ID",
+    b"node\0metadata\0CLUSTER_ID",
+];
 
 /// Benchmark builds (feature `bench-stages`): where each request stops, from `KSIT_BENCH_STAGE` (0 to 3 along
 /// the request's path; 4 and 5 are probes, see `ksit_on_request_headers`).
@@ -185,6 +193,11 @@ fn configure(root_id: u32) -> bool {
     .flatten()
     .unwrap_or_default();
     let env_cluster = std::env::var("KSIT_CLUSTER").ok();
+    let istio_cluster_id = ISTIO_CLUSTER_ID
+        .iter()
+        .find_map(|path| host::property(path))
+        .and_then(|v| String::from_utf8(v).ok())
+        .filter(|v| !v.is_empty());
     #[cfg(feature = "bench-stages")]
     BENCH_STAGE.store(
         std::env::var("KSIT_BENCH_STAGE")
@@ -193,7 +206,11 @@ fn configure(root_id: u32) -> bool {
             .unwrap_or(u8::MAX),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let engine = match Engine::from_json(&config, env_cluster.as_deref()) {
+    let proxy = ProxyCluster {
+        env: env_cluster.as_deref(),
+        istio_cluster_id: istio_cluster_id.as_deref(),
+    };
+    let engine = match Engine::from_json_on_proxy(&config, proxy) {
         Ok(e) => e,
         Err(e) => {
             for fe in &e.errors {
@@ -240,8 +257,15 @@ fn configure(root_id: u32) -> bool {
         vm_memory: define(MetricType::Gauge, metrics::VM_MEMORY),
     };
     let name = host::property(PLUGIN_NAME).unwrap_or_default();
+    if engine.cluster_source() == ClusterSource::Unknown {
+        warn!(
+            "ksit: this proxy's cluster is unknown (no `cluster` in the pluginConfig, no KSIT_CLUSTER, no \
+             CLUSTER_ID node metadata): the base policy applies, without any cluster's overrides"
+        );
+        host::increment(define(MetricType::Counter, metrics::CLUSTER_UNKNOWN), 1);
+    }
     info!(
-        "ksit: configured {} polic{}, {} rule(s), cluster {}, maxActiveFaults {}",
+        "ksit: configured {} polic{}, {} rule(s), cluster {} (from {}), maxActiveFaults {}",
         engine.policies().len(),
         if engine.policies().len() == 1 {
             "y"
@@ -250,6 +274,7 @@ fn configure(root_id: u32) -> bool {
         },
         engine.rule_count(),
         engine.cluster().unwrap_or("(none)"),
+        engine.cluster_source().as_str(),
         engine.max_active_faults()
     );
     let now = host::now_ms();

@@ -33,6 +33,9 @@ pub const UNMATCHED: &str = "ksit_unmatched_total";
 pub const SPOOFED: &str = "ksit_spoofed_destination_total";
 /// Configurations rejected by on_configure.
 pub const CONFIG_ERRORS: &str = "ksit_config_errors_total";
+/// Configurations applied without knowing the proxy's cluster (no `cluster`, no `KSIT_CLUSTER`, no
+/// `CLUSTER_ID` node metadata): the base policy, without any cluster's overrides.
+pub const CLUSTER_UNKNOWN: &str = "ksit_cluster_unknown_total";
 /// Requests currently held by a delay fault (all workers).
 pub const ACTIVE_DELAYS: &str = "ksit_active_delays";
 /// The Wasm VM's linear memory in bytes, as last reported by a worker's VM (memory only grows, so this is

@@ -2,6 +2,7 @@
 //! list of named policies sharing one filter. Parse errors carry the field path.
 
 use crate::error::{ConfigError, FieldError};
+use crate::field_map::FieldMap;
 use crate::spec::TrafficPolicySpec;
 use serde::Deserialize;
 use serde_json::Value;
@@ -9,8 +10,12 @@ use serde_json::Value;
 /// What the filter is configured with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PluginConfig {
-    /// The cluster this proxy runs in (set by the controller); overrides resolve against it.
+    /// The cluster this proxy runs in (set by the controller's per-cluster rendering); overrides resolve
+    /// against it. Wins over the proxy's own cluster ID.
     pub cluster: Option<String>,
+    /// ksit extension `clusterIds`: Istio cluster ID (the proxy's `CLUSTER_ID` node metadata) -> ksit cluster
+    /// name, for clusters whose two names differ. Without an entry the two are taken as equal.
+    pub cluster_ids: FieldMap<String>,
     pub policies: Vec<NamedPolicy>,
     /// `headerForStable` (default true): whether the filter writes `x-ksit-destination` when it sends a
     /// request to its rule's stable destination ([`crate::spec::HttpRule::stable_index`]). False when the
@@ -24,6 +29,7 @@ impl Default for PluginConfig {
     fn default() -> Self {
         PluginConfig {
             cluster: None,
+            cluster_ids: FieldMap::new(),
             policies: Vec::new(),
             header_for_stable: true,
         }
@@ -32,7 +38,7 @@ impl Default for PluginConfig {
 
 /// The pluginConfig members that are not a policy's: they may stand beside `policies`, and are not part of
 /// the single spec.
-const FILTER_MEMBERS: [&str; 2] = ["cluster", "headerForStable"];
+const FILTER_MEMBERS: [&str; 3] = ["cluster", "clusterIds", "headerForStable"];
 
 /// One policy and the name it is reported under (`namespace/name` when the controller renders it).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -58,6 +64,7 @@ impl PluginConfig {
             |t| read_text(t, "spec"),
             |raw| crate::json::read_value(raw).ok(),
             |raw| crate::json::read_value(raw).ok(),
+            |raw| crate::json::read_value(raw).ok(),
         )
     }
 
@@ -74,18 +81,21 @@ impl PluginConfig {
             |t| from_text(t, "spec"),
             |raw| serde_json::from_slice(raw).ok(),
             |raw| serde_json::from_slice(raw).ok(),
+            |raw| serde_json::from_slice(raw).ok(),
         )
     }
 
     /// Both forms, from JSON text already checked: `policies` reads the `policies` list, `spec` the
     /// single spec (naming fields under `policies` and `spec`), `cluster` the `cluster` member (`None`
-    /// when it is not a string or null), `flag` a boolean member (`None` when it is not a boolean or null).
+    /// when it is not a string or null), `flag` a boolean member (`None` when it is not a boolean or null),
+    /// `names` a map of strings (`None` when it is not one).
     fn from_members(
         bytes: &[u8],
         policies: fn(&[u8]) -> Result<Vec<NamedPolicy>, ConfigError>,
         spec: fn(&[u8]) -> Result<TrafficPolicySpec, ConfigError>,
         cluster: fn(&[u8]) -> Option<Option<String>>,
         flag: fn(&[u8]) -> Option<Option<bool>>,
+        names: fn(&[u8]) -> Option<Option<FieldMap<String>>>,
     ) -> Result<PluginConfig, ConfigError> {
         let Some(members) = crate::json_path::object_members(bytes) else {
             return Err(ConfigError::one(
@@ -102,6 +112,27 @@ impl PluginConfig {
                 _ => return Err(ConfigError::one("cluster", "must be a non-empty string")),
             },
         };
+        let cluster_ids = match members.iter().find(|m| m.key == "clusterIds") {
+            None => FieldMap::new(),
+            Some(m) => match names(raw(m)) {
+                Some(v) => v.unwrap_or_default(),
+                None => {
+                    return Err(ConfigError::one(
+                        "clusterIds",
+                        "must map Istio cluster IDs to ksit cluster names (strings)",
+                    ))
+                }
+            },
+        };
+        if let Some((id, _)) = cluster_ids
+            .iter()
+            .find(|(k, v)| k.is_empty() || v.is_empty())
+        {
+            return Err(ConfigError::one(
+                format!("clusterIds[{id:?}]"),
+                "cluster IDs and names must be non-empty",
+            ));
+        }
         let header_for_stable = match members.iter().find(|m| m.key == "headerForStable") {
             None => true,
             Some(m) => match flag(raw(m)) {
@@ -116,7 +147,7 @@ impl PluginConfig {
             {
                 return Err(ConfigError::one(
                     k.key.clone(),
-                    "with `policies`, put each spec under policies[i].spec; only `cluster` and `headerForStable` may stand beside it",
+                    "with `policies`, put each spec under policies[i].spec; only `cluster`, `clusterIds` and `headerForStable` may stand beside it",
                 ));
             }
             let list = policies(raw(list))?;
@@ -151,6 +182,7 @@ impl PluginConfig {
         };
         Ok(PluginConfig {
             cluster,
+            cluster_ids,
             policies,
             header_for_stable,
         })
@@ -384,7 +416,7 @@ mod tests {
         );
         assert_eq!(
             err(json!({"policies": [], "hosts": []})),
-            "hosts: with `policies`, put each spec under policies[i].spec; only `cluster` and `headerForStable` may stand beside it"
+            "hosts: with `policies`, put each spec under policies[i].spec; only `cluster`, `clusterIds` and `headerForStable` may stand beside it"
         );
         assert_eq!(
             err(json!({"cluster": 3, "hosts": []})),
@@ -419,6 +451,110 @@ mod tests {
                 .to_string()
                 .starts_with("pluginConfig: not valid JSON")),
             Ok(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cluster_ids_map_istio_cluster_ids_to_ksit_names_in_both_readers() {
+        use super::PluginConfig;
+        let read = |v: serde_json::Value| {
+            let text = v.to_string();
+            let hand =
+                PluginConfig::from_json(text.as_bytes()).map_err(|e| e.errors[0].to_string());
+            let serde =
+                PluginConfig::from_json_serde(text.as_bytes()).map_err(|e| e.errors[0].to_string());
+            assert_eq!(hand, serde, "{v}");
+            hand
+        };
+        for form in [
+            json!({"clusterIds": {"Kubernetes": "east", "west-1": "west"}, "hosts": []}),
+            json!({"clusterIds": {"Kubernetes": "east", "west-1": "west"}, "policies": [{"name": "a", "spec": {"hosts": []}}]}),
+        ] {
+            let cfg = read(form.clone()).unwrap_or_else(|e| unreachable!("{form}: {e}"));
+            assert_eq!(
+                cfg.cluster_ids.get("Kubernetes").map(String::as_str),
+                Some("east")
+            );
+            assert_eq!(
+                cfg.cluster_ids.get("west-1").map(String::as_str),
+                Some("west")
+            );
+            // Not part of the policy's spec.
+            assert!(cfg.policies.len() == 1);
+        }
+        assert_eq!(
+            read(json!({"clusterIds": null, "hosts": []})).map(|c| c.cluster_ids.is_empty()),
+            Ok(true)
+        );
+        for (bad, want) in [
+            (
+                json!({"clusterIds": ["a"], "hosts": []}),
+                "clusterIds: must map Istio cluster IDs to ksit cluster names (strings)",
+            ),
+            (
+                json!({"clusterIds": {"a": 1}, "hosts": []}),
+                "clusterIds: must map Istio cluster IDs to ksit cluster names (strings)",
+            ),
+            (
+                json!({"clusterIds": {"a": ""}, "hosts": []}),
+                "clusterIds[\"a\"]: cluster IDs and names must be non-empty",
+            ),
+        ] {
+            assert_eq!(read(bad.clone()).err().as_deref(), Some(want), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_comes_from_the_config_then_the_environment_then_istios_cluster_id() {
+        use super::PluginConfig;
+        use crate::engine::{resolve_cluster, ClusterSource, ProxyCluster};
+        let cfg = |v: serde_json::Value| {
+            PluginConfig::from_json(v.to_string().as_bytes())
+                .unwrap_or_else(|e| unreachable!("{e:?}"))
+        };
+        let named =
+            cfg(json!({"cluster": "c1", "clusterIds": {"Kubernetes": "east"}, "hosts": []}));
+        let unnamed = cfg(json!({"clusterIds": {"Kubernetes": "east"}, "hosts": []}));
+        let proxy = |env: Option<&'static str>, id: Option<&'static str>| ProxyCluster {
+            env,
+            istio_cluster_id: id,
+        };
+        let cases = [
+            (
+                &named,
+                proxy(Some("c2"), Some("Kubernetes")),
+                Some("c1"),
+                ClusterSource::PluginConfig,
+            ),
+            (
+                &unnamed,
+                proxy(Some("c2"), Some("Kubernetes")),
+                Some("c2"),
+                ClusterSource::Environment,
+            ),
+            (
+                &unnamed,
+                proxy(Some(""), Some("Kubernetes")),
+                Some("east"),
+                ClusterSource::IstioClusterId,
+            ),
+            (
+                &unnamed,
+                proxy(None, Some("west")),
+                Some("west"),
+                ClusterSource::IstioClusterId,
+            ),
+            (
+                &unnamed,
+                proxy(None, Some("")),
+                None,
+                ClusterSource::Unknown,
+            ),
+            (&unnamed, proxy(None, None), None, ClusterSource::Unknown),
+        ];
+        for (config, p, cluster, source) in cases {
+            let (got, from) = resolve_cluster(config, p);
+            assert_eq!((got.as_deref(), from), (cluster, source), "{p:?}");
         }
     }
 }

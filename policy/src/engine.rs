@@ -28,10 +28,64 @@ impl std::hash::Hasher for StableHasher {
 
 type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<StableHasher>>;
 
+/// What a proxy knows of the cluster it runs in, for a pluginConfig that does not name one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyCluster<'a> {
+    /// `KSIT_CLUSTER` in the VM's environment (the controller's per-cluster rendering sets it).
+    pub env: Option<&'a str>,
+    /// Istio's cluster ID, from the proxy's `CLUSTER_ID` node metadata (istiod sets it on every proxy).
+    pub istio_cluster_id: Option<&'a str>,
+}
+
+/// Where the cluster the overrides were resolved for came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// The pluginConfig's `cluster` (it wins over what the proxy says).
+    PluginConfig,
+    /// `KSIT_CLUSTER` in the VM's environment.
+    Environment,
+    /// The proxy's `CLUSTER_ID` node metadata, through the pluginConfig's `clusterIds` where it has an entry.
+    IstioClusterId,
+    /// None: the base policy applies, without any cluster's overrides.
+    Unknown,
+}
+
+impl ClusterSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterSource::PluginConfig => "pluginConfig",
+            ClusterSource::Environment => "KSIT_CLUSTER",
+            ClusterSource::IstioClusterId => "CLUSTER_ID node metadata",
+            ClusterSource::Unknown => "none",
+        }
+    }
+}
+
+/// The cluster a pluginConfig applies in, and where that came from: its own `cluster`, else the VM's
+/// environment, else the proxy's Istio cluster ID (mapped by `clusterIds`, equal names by default).
+pub fn resolve_cluster(
+    cfg: &PluginConfig,
+    proxy: ProxyCluster<'_>,
+) -> (Option<String>, ClusterSource) {
+    let given = |s: Option<&str>| s.filter(|c| !c.is_empty()).map(String::from);
+    if let Some(c) = cfg.cluster.clone() {
+        return (Some(c), ClusterSource::PluginConfig);
+    }
+    if let Some(c) = given(proxy.env) {
+        return (Some(c), ClusterSource::Environment);
+    }
+    if let Some(id) = given(proxy.istio_cluster_id) {
+        let name = cfg.cluster_ids.get(&id).cloned().unwrap_or(id);
+        return (Some(name), ClusterSource::IstioClusterId);
+    }
+    (None, ClusterSource::Unknown)
+}
+
 /// All policies of one filter configuration, compiled.
 #[derive(Debug)]
 pub struct Engine {
     cluster: Option<String>,
+    cluster_source: ClusterSource,
     max_active_faults: u32,
     policies: Vec<CompiledPolicy>,
     exact_hosts: FixedMap<Box<[u8]>, usize>,
@@ -332,8 +386,22 @@ impl Engine {
     /// Parses, validates and compiles a pluginConfig. `fallback_cluster` (e.g. from the VM's environment)
     /// is used when the config names no cluster.
     pub fn from_json(bytes: &[u8], fallback_cluster: Option<&str>) -> Result<Engine, ConfigError> {
+        Engine::from_json_on_proxy(
+            bytes,
+            ProxyCluster {
+                env: fallback_cluster,
+                istio_cluster_id: None,
+            },
+        )
+    }
+
+    /// [`Engine::from_json`] for a proxy that knows its cluster: see [`resolve_cluster`].
+    pub fn from_json_on_proxy(
+        bytes: &[u8],
+        proxy: ProxyCluster<'_>,
+    ) -> Result<Engine, ConfigError> {
         let cfg = PluginConfig::from_json(bytes)?;
-        Engine::compile(&cfg, fallback_cluster)
+        Engine::compile_on_proxy(&cfg, proxy)
     }
 
     /// Validates every policy (all errors at once), resolves overrides for the cluster and compiles.
@@ -341,10 +409,21 @@ impl Engine {
         cfg: &PluginConfig,
         fallback_cluster: Option<&str>,
     ) -> Result<Engine, ConfigError> {
-        let cluster = cfg
-            .cluster
-            .clone()
-            .or_else(|| fallback_cluster.filter(|c| !c.is_empty()).map(String::from));
+        Engine::compile_on_proxy(
+            cfg,
+            ProxyCluster {
+                env: fallback_cluster,
+                istio_cluster_id: None,
+            },
+        )
+    }
+
+    /// [`Engine::compile`] for a proxy that knows its cluster: see [`resolve_cluster`].
+    pub fn compile_on_proxy(
+        cfg: &PluginConfig,
+        proxy: ProxyCluster<'_>,
+    ) -> Result<Engine, ConfigError> {
+        let (cluster, cluster_source) = resolve_cluster(cfg, proxy);
         let mut errors = Vec::new();
         for (i, p) in cfg.policies.iter().enumerate() {
             errors.extend(validate_spec(&p.spec, &cfg.prefix(i)));
@@ -354,6 +433,7 @@ impl Engine {
         }
         let mut engine = Engine {
             cluster,
+            cluster_source,
             max_active_faults: u32::MAX,
             policies: Vec::with_capacity(cfg.policies.len()),
             exact_hosts: FixedMap::default(),
@@ -565,6 +645,9 @@ impl Engine {
 
     pub fn cluster(&self) -> Option<&str> {
         self.cluster.as_deref()
+    }
+    pub fn cluster_source(&self) -> ClusterSource {
+        self.cluster_source
     }
     /// Whether requests sent to their rule's stable destination are marked with `x-ksit-destination` too
     /// (pluginConfig `headerForStable`, default true).

@@ -17,7 +17,9 @@ mod spec_json;
 pub mod validate;
 
 pub use config::{NamedPolicy, PluginConfig};
-pub use engine::{AbortStatus, Decision, Engine, KeyKind, Pick};
+pub use engine::{
+    resolve_cluster, AbortStatus, ClusterSource, Decision, Engine, KeyKind, Pick, ProxyCluster,
+};
 pub use error::{ConfigError, FieldError};
 pub use field_map::FieldMap;
 pub use request::Request;

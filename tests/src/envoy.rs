@@ -301,6 +301,8 @@ pub struct EnvoyConfig {
     pub extra_args: Vec<String>,
     /// The CPUs Envoy may run on (`taskset -c LIST`); `None`: those of this process.
     pub cpus: Option<String>,
+    /// The node's metadata, as istiod's bootstrap sets it (e.g. `{"CLUSTER_ID": "cluster1"}`); `None`: none.
+    pub node_metadata: Option<Value>,
 }
 
 impl EnvoyConfig {
@@ -320,6 +322,7 @@ impl EnvoyConfig {
             component_log_level: "wasm:debug".into(),
             extra_args: vec![],
             cpus: None,
+            node_metadata: None,
         }
     }
 
@@ -423,7 +426,12 @@ impl EnvoyConfig {
                 })
             })
             .collect();
+        let mut node = json!({"id": "ksit-test", "cluster": "ksit-test"});
+        if let Some(m) = &self.node_metadata {
+            node["metadata"] = m.clone();
+        }
         Ok(json!({
+            "node": node,
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "stats_config": {"stats_tags": [
                 {"tag_name": "ksit_policy", "regex": "(\\.ksit_policy\\.([^.]+))"},

@@ -40,12 +40,25 @@ impl Rig {
         concurrency: u32,
         virtual_service: Option<Value>,
     ) -> Rig {
+        Self::start_on_node(version, policy, env, concurrency, virtual_service, None).await
+    }
+
+    /// On a proxy whose bootstrap carries `node_metadata` (as istiod's does, with CLUSTER_ID).
+    async fn start_on_node(
+        version: &str,
+        policy: &Value,
+        env: &[(&str, &str)],
+        concurrency: u32,
+        virtual_service: Option<Value>,
+        node_metadata: Option<Value>,
+    ) -> Rig {
         let backends = start_all(&DESTS).await.unwrap();
         let upstreams = Upstream::for_backends(&backends);
         let mut cfg = EnvoyConfig::new(version, upstreams);
         cfg.concurrency = concurrency;
         cfg.default_destination = Some("passthrough".into());
         cfg.virtual_service = virtual_service;
+        cfg.node_metadata = node_metadata;
         let mut f = FilterConfig::new(policy).unwrap();
         f.env = env
             .iter()
@@ -411,6 +424,121 @@ async fn per_cluster_override_follows_the_cluster_name() {
             n
         };
         assert!(v1 > 75, "{v}: cluster2 sent only {v1}/100 to stable");
+    }
+}
+
+/// Of 100 users, how many `/api` sent to the stable destination (api-service-v1).
+async fn stable_share(rig: &Rig, tag: &str) -> u32 {
+    let mut n = 0;
+    for i in 0..100 {
+        n += (rig
+            .get("/api/x", &[("x-user-id", &format!("{tag}-{i}"))])
+            .await
+            .backend()
+            == Some("api-service-v1")) as u32;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugin_config_follows_each_proxys_istio_cluster_id() {
+    for v in envoy_versions() {
+        // One pluginConfig for every cluster: no `cluster`, the overrides of both clusters, and cluster2's
+        // Istio cluster ID named differently from its ksit name.
+        let mut policy = seed_without_faults();
+        policy["overrides"] = json!([
+            {"clusters": ["cluster1"], "http": [{"name": "api", "route": [
+                {"destination": {"host": "api-service-v1"}, "weight": 0},
+                {"destination": {"host": "api-service-v2"}, "weight": 100}]}]},
+            {"clusters": ["cluster2"], "http": [{"name": "api", "route": [
+                {"destination": {"host": "api-service-v1"}, "weight": 50},
+                {"destination": {"host": "api-service-v2"}, "weight": 50}]}]}
+        ]);
+        policy["clusterIds"] = json!({"Kubernetes-east": "cluster2"});
+        let node = |id: &str| Some(json!({"CLUSTER_ID": id}));
+        let on = |meta| Rig::start_on_node(&v, &policy, &[], 1, None, meta);
+        let rig = on(node("cluster1")).await;
+        assert!(
+            rig.envoy
+                .log()
+                .contains("cluster cluster1 (from CLUSTER_ID node metadata)"),
+            "{v}: {}",
+            rig.envoy.log_tail(30)
+        );
+        assert_eq!(
+            stable_share(&rig, "a").await,
+            0,
+            "{v}: cluster1's override: all canary"
+        );
+        drop(rig);
+        let rig = on(node("Kubernetes-east")).await;
+        let c2 = stable_share(&rig, "a").await;
+        assert!(
+            (30..=70).contains(&c2),
+            "{v}: cluster2's 50/50 override gave {c2}/100 stable"
+        );
+        // The same users as the engine predicts for cluster2.
+        let e = Engine::from_json(policy.to_string().as_bytes(), Some("cluster2")).unwrap();
+        let predicted = (0..100)
+            .filter(|i| {
+                let user = format!("a-{i}");
+                let pairs: Vec<(&[u8], &[u8])> = vec![
+                    (b":path", b"/api/x"),
+                    (b":authority", HOST.as_bytes()),
+                    (b"x-user-id", user.as_bytes()),
+                ];
+                e.decide(&Request::new(&pairs), 0)
+                    .destination
+                    .map(|d| d.key.as_str())
+                    == Some("api-service-v1")
+            })
+            .count() as u32;
+        assert_eq!(c2, predicted, "{v}");
+        drop(rig);
+        // Without the metadata: the base policy (90/10), and it says so in a metric.
+        let rig = on(None).await;
+        let base = stable_share(&rig, "a").await;
+        assert!(
+            base > 75,
+            "{v}: no CLUSTER_ID sent only {base}/100 to stable"
+        );
+        let stats = rig.envoy.prometheus().await.unwrap();
+        // Once per VM that configured it (the main thread's and each worker's).
+        assert!(
+            prom_value(&stats, "ksit_cluster_unknown_total", &[]).is_some_and(|n| n >= 1.0),
+            "{v}"
+        );
+        drop(rig);
+        // A pluginConfig that names its cluster wins over the node metadata, and KSIT_CLUSTER too.
+        let mut named = policy.clone();
+        named["cluster"] = json!("cluster1");
+        let rig = Rig::start_on_node(&v, &named, &[], 1, None, node("Kubernetes-east")).await;
+        assert_eq!(
+            stable_share(&rig, "a").await,
+            0,
+            "{v}: the named cluster1 wins"
+        );
+        drop(rig);
+        let rig = Rig::start_on_node(
+            &v,
+            &policy,
+            &[("KSIT_CLUSTER", "cluster1")],
+            1,
+            None,
+            node("Kubernetes-east"),
+        )
+        .await;
+        assert_eq!(
+            stable_share(&rig, "a").await,
+            0,
+            "{v}: KSIT_CLUSTER wins over CLUSTER_ID"
+        );
+        let stats = rig.envoy.prometheus().await.unwrap();
+        assert_eq!(
+            prom_value(&stats, "ksit_cluster_unknown_total", &[]),
+            None,
+            "{v}"
+        );
     }
 }
 

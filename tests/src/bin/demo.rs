@@ -328,7 +328,10 @@ async fn run() -> anyhow::Result<()> {
     let progress = {
         let done = done.clone();
         tokio::spawn(async move {
-            while terminal {
+            if !terminal {
+                return;
+            }
+            loop {
                 let d = done.load(Ordering::Relaxed).min(total);
                 let filled = d * 40 / total.max(1);
                 print!(
