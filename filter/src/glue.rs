@@ -9,6 +9,7 @@
 //! by `roots::Roots`. The SDK still provides the allocator Envoy writes into, the ABI version marker, the
 //! logger and the configure-time host calls.
 
+use crate::hooks::{self, Stage};
 use crate::paused::{Paused, PausedSet};
 use crate::roots::{Registered, Roots};
 use crate::{header_map, host, metrics};
@@ -43,20 +44,6 @@ const ISTIO_CLUSTER_ID: [&[u8]; 2] = [
     b"xds\0node\0metadata\0CLUSTER_ID",
     b"node\0metadata\0CLUSTER_ID",
 ];
-
-/// Benchmark builds (feature `bench-stages`): where each request stops, from `KSIT_BENCH_STAGE` (0 to 3 along
-/// the request's path; 4 and 5 are probes, see `ksit_on_request_headers`).
-#[cfg(feature = "bench-stages")]
-static BENCH_STAGE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
-
-/// Whether a benchmark build stops the request after stage `n`; always false in the real module.
-#[inline(always)]
-fn bench_stop(_n: u8) -> bool {
-    #[cfg(feature = "bench-stages")]
-    return BENCH_STAGE.load(std::sync::atomic::Ordering::Relaxed) == _n;
-    #[cfg(not(feature = "bench-stages"))]
-    false
-}
 
 /// How often the per-request counters are handed to Envoy. Counting in the VM and adding the sum on the
 /// root context's tick saves a host call on every request (measured at ~2 µs, see docs/benchmarks.md); the
@@ -198,14 +185,7 @@ fn configure(root_id: u32) -> bool {
         .find_map(|path| host::property(path))
         .and_then(|v| String::from_utf8(v).ok())
         .filter(|v| !v.is_empty());
-    #[cfg(feature = "bench-stages")]
-    BENCH_STAGE.store(
-        std::env::var("KSIT_BENCH_STAGE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u8::MAX),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    hooks::configure();
     let proxy = ProxyCluster {
         env: env_cluster.as_deref(),
         istio_cluster_id: istio_cluster_id.as_deref(),
@@ -459,21 +439,8 @@ const DECIDED_PROPERTY: &[u8] = b"ksit_destination";
 
 #[no_mangle]
 pub extern "C" fn ksit_on_request_headers(context_id: u32, num_headers: usize, _eos: u32) -> u32 {
-    if bench_stop(0) {
+    if hooks::stop(Stage::Entered) || hooks::probe() {
         return CONTINUE;
-    }
-    // Probes: stage 0 plus one host call, to show what a call costs with and without data handed back.
-    #[cfg(feature = "bench-stages")]
-    match BENCH_STAGE.load(std::sync::atomic::Ordering::Relaxed) {
-        4 => {
-            host::now_ms();
-            return CONTINUE;
-        }
-        5 => {
-            host::request_header_value(b":path");
-            return CONTINUE;
-        }
-        _ => {}
     }
     let (root, several) = ROOTS.with(|r| {
         let roots = r.borrow();
@@ -510,13 +477,10 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
     };
     let mut pairs = Vec::with_capacity(num_headers);
     header_map::parse(&buf, &mut pairs);
-    if bench_stop(1) {
+    if hooks::stop(Stage::HeadersRead) {
         return CONTINUE;
     }
-    #[cfg(feature = "test-trap")]
-    if pairs.iter().any(|(n, _)| *n == b"x-ksit-test-trap") {
-        core::arch::wasm32::unreachable();
-    }
+    hooks::trap_on(&pairs);
     let req = Request::new(&pairs);
     let destination = req.header(DESTINATION_HEADER.as_bytes());
     let d = root.engine.decide(&req, root.entropy());
@@ -526,7 +490,7 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
         !(several && host::property(DECIDED_PROPERTY).is_some_and(|set| set == v))
     });
     let m = &root.metrics;
-    if bench_stop(2) {
+    if hooks::stop(Stage::Decided) {
         return CONTINUE;
     }
     match (d.rule, d.destination) {
@@ -539,7 +503,7 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
                     host::set_property(DECIDED_PROPERTY, dest.key.as_bytes());
                 }
             }
-            if bench_stop(3) {
+            if hooks::stop(Stage::HeaderSet) {
                 return CONTINUE;
             }
             if let Some(rm) = m.rules.get(rule.id) {
