@@ -163,6 +163,14 @@ pub struct DesiredObject {
 }
 
 impl DesiredObject {
+    /// Its `ksit.io/config-hash` annotation ("" before the hash is stamped).
+    pub fn config_hash(&self) -> &str {
+        self.manifest
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
     /// Whether it is rendered from TrafficPolicy `namespace/name`.
     pub fn carries(&self, policy: &str) -> bool {
         self.traffic_policies.iter().any(|(k, _)| k == policy)

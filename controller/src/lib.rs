@@ -16,6 +16,7 @@ pub mod member;
 pub mod memory;
 pub mod metrics;
 pub mod module;
+pub mod plan;
 pub mod resources;
 pub mod server;
 pub mod status;

@@ -7,13 +7,12 @@ use crate::desired::{
 };
 use crate::error::Error;
 use crate::metrics::{ClusterLabel, Metrics, WriteLabels};
+use crate::plan::{self, Action, Failure, Id, Kept, Labelled, Live, Observed};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -91,36 +90,6 @@ fn api_for(client: &Client, k: &ResourceKind, namespace: Option<&str>) -> Api<Dy
     }
 }
 
-/// True when every field of `desired` is in `live` with the same value (maps may hold more in `live`).
-pub fn contains(live: &Value, desired: &Value) -> bool {
-    match (live, desired) {
-        (Value::Object(l), Value::Object(d)) => d
-            .iter()
-            .all(|(k, dv)| l.get(k).is_some_and(|lv| contains(lv, dv))),
-        (Value::Array(l), Value::Array(d)) => {
-            l.len() == d.len() && l.iter().zip(d).all(|(a, b)| contains(a, b))
-        }
-        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
-    }
-}
-
-/// Whether ksit owns a live object, by its metadata: it carries ksit's label and ksit-controller is one of its
-/// field managers.
-pub fn owned(meta: &ObjectMeta) -> bool {
-    let labelled = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .map(String::as_str)
-        == Some(MANAGED_BY_VALUE);
-    let managed = meta.managed_fields.as_ref().is_some_and(|m| {
-        m.iter()
-            .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
-    });
-    labelled && managed
-}
-
 /// `resync` give or take a fifth, different for every cluster and round: workers that synced together (a
 /// change reaches every cluster at once) do not all resync, list and re-read their Secrets at the same
 /// moment again, which would delay a change that comes then.
@@ -130,19 +99,6 @@ fn spread(resync: Duration, cluster: &str, round: u64) -> Duration {
     (cluster, round).hash(&mut h);
     let permille = h.finish() % 401; // 0..=400
     resync * 4 / 5 + resync * (permille as u32) / 1000
-}
-
-fn managers(meta: &ObjectMeta) -> String {
-    let m: Vec<String> = meta
-        .managed_fields
-        .as_ref()
-        .map(|m| m.iter().filter_map(|f| f.manager.clone()).collect())
-        .unwrap_or_default();
-    if m.is_empty() {
-        "no field managers".into()
-    } else {
-        format!("field managers: {}", m.join(", "))
-    }
 }
 
 async fn timed<T>(
@@ -193,23 +149,34 @@ struct KindCache {
 /// A live object as the drift cache keeps it: its JSON text, without managedFields' field sets (often the
 /// larger part of an object; only the managers' names are read). A hundred clusters' objects as text take a
 /// fraction of their parsed trees; one is parsed only when compared.
-struct Cached(Box<str>);
+struct Cached {
+    text: Box<str>,
+    /// Its resourceVersion: an object whose version has not moved since it was last compared is not parsed
+    /// again.
+    version: Box<str>,
+}
 
 impl Cached {
     fn new(mut o: DynamicObject) -> Self {
         for f in o.metadata.managed_fields.iter_mut().flatten() {
             f.fields_v1 = None;
         }
-        Cached(
-            serde_json::to_string(&o)
+        Cached {
+            version: o
+                .metadata
+                .resource_version
+                .clone()
                 .unwrap_or_default()
                 .into_boxed_str(),
-        )
+            text: serde_json::to_string(&o)
+                .unwrap_or_default()
+                .into_boxed_str(),
+        }
     }
     /// The object parsed: as a JSON tree (`Value`) to compare the desired fields against in one parse, or
     /// typed (`DynamicObject`).
     fn parsed<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_str(&self.0).ok()
+        serde_json::from_str(&self.text).ok()
     }
 }
 
@@ -245,7 +212,7 @@ fn apply_step(
         }
         WatchStep::Put(at, o, live) => {
             // The echo of ksit's own apply: the entry already holds what the apply answered.
-            let echo = kind.objects.get(&at).is_some_and(|c| c.0 == o.0);
+            let echo = kind.objects.get(&at).is_some_and(|c| c.text == o.text);
             kind.objects.insert(at, o);
             live && !echo
         }
@@ -291,6 +258,9 @@ pub struct Worker {
     /// What the drift watches see of ksit's objects, per kind (group, plural): a reconcile compares against
     /// it instead of reading every object again. Objects ksit does not own are not in it and are always read.
     cache: Arc<std::sync::Mutex<BTreeMap<(String, String), KindCache>>>,
+    /// Per object: the config hash and the live version at which it was last found (or made) as desired. An
+    /// object whose view still has that version is not compared again while its desired hash is the same.
+    verified: BTreeMap<Id, (Box<str>, Box<str>)>,
     drift_tx: mpsc::Sender<()>,
     drift_rx: mpsc::Receiver<()>,
 }
@@ -322,6 +292,7 @@ impl Worker {
             empty_kinds: BTreeSet::new(),
             full_scan: None,
             cache: Default::default(),
+            verified: BTreeMap::new(),
             drift_tx,
             drift_rx,
         }
@@ -487,6 +458,7 @@ impl Worker {
         self.client = Some((fingerprint, client.clone()));
         self.discovered.clear();
         self.empty_kinds.clear();
+        self.verified.clear();
         // Watches of the old connection end; the new one's start with the next pass.
         self.watch_kinds(&client, BTreeSet::new());
         self.fresh = true;
@@ -619,18 +591,6 @@ impl Worker {
         }
     }
 
-    /// The object as the drift watch last saw it, when that watch is in sync; None means "ask the cluster".
-    fn cached(&self, obj: &DesiredObject) -> Option<Value> {
-        let c = self.cache.lock().ok()?;
-        let kind = c.get(&(obj.kind.group.clone(), obj.kind.plural.clone()))?;
-        if !kind.ready {
-            return None;
-        }
-        kind.objects
-            .get(&(obj.namespace.clone(), obj.name.clone()))
-            .and_then(Cached::parsed)
-    }
-
     async fn reconcile(&mut self, plan: &ClusterPlan) -> ClusterReport {
         let mut report = ClusterReport {
             cluster: self.cfg.cluster.clone(),
@@ -666,25 +626,14 @@ impl Worker {
         report
     }
 
+    /// One pass: what the cluster holds is gathered (`observe`, `observe_labelled`), the pure planner decides
+    /// (`plan::plan`), and the actions are carried out here.
     async fn apply_all(
         &mut self,
         client: &Client,
         plan: &ClusterPlan,
         report: &mut ClusterReport,
     ) -> Result<(), Error> {
-        let cluster = self.cfg.cluster.clone();
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        // Compared without the API version: one object is the same whichever version it is read at.
-        let id = |k: &ObjectKey| {
-            (
-                k.kind.group.clone(),
-                k.kind.plural.clone(),
-                k.namespace.clone(),
-                k.name.clone(),
-            )
-        };
-        let wanted: BTreeSet<_> = plan.objects.iter().map(|o| id(&o.key())).collect();
-        let retained: BTreeSet<_> = plan.retain.iter().map(id).collect();
         if self.fresh {
             // A new connection: watch the kinds about to be sent (those the cluster serves) before applying,
             // so their views fill while this pass works; the pass then settles which kinds stay watched.
@@ -706,131 +655,108 @@ impl Worker {
             self.fresh = false;
             self.watch_kinds(client, kinds);
         }
-        let mut present_kinds = BTreeSet::new();
+        let mut observed = Observed::default();
+        let mut versions: BTreeMap<Id, Box<str>> = BTreeMap::new();
         for obj in &plan.objects {
-            let key = obj.key();
-            let outcome = match self.apply_one(client, obj, &pp, report).await {
-                Ok(()) => {
-                    present_kinds.insert(obj.kind.clone());
-                    Outcome::Synced
-                }
-                Err(e) if is_cluster_wide(&e) => return Err(e),
-                Err(e) => {
-                    self.count_error(&e);
-                    Outcome::Failed(e.to_string())
-                }
-            };
-            report.objects.push(ObjectReport { key, outcome });
+            let (live, version) = self.observe(client, obj).await?;
+            let i = plan::id(&obj.key());
+            if let Some(v) = version {
+                versions.insert(i.clone(), v);
+            }
+            observed.objects.insert(i, live);
         }
-        // Prune: only objects carrying ksit's label AND managed by ksit-controller, never namespaces.
+        let looked = self.observe_labelled(client, plan, &mut observed).await?;
+        let actions = plan::plan(plan, &observed);
+
+        let mut present_kinds = BTreeSet::new();
+        let mut deleted: BTreeSet<Id> = BTreeSet::new();
+        for action in actions {
+            match action {
+                Action::Apply { object, create } => {
+                    let key = object.key();
+                    let outcome = match self.apply(client, &object, create, report).await {
+                        Ok(()) => {
+                            present_kinds.insert(object.kind.clone());
+                            Outcome::Synced
+                        }
+                        Err(e) if is_cluster_wide(&e) => return Err(e),
+                        Err(e) => {
+                            self.verified.remove(&plan::id(&key));
+                            self.count_error(&e);
+                            Outcome::Failed(e.to_string())
+                        }
+                    };
+                    report.objects.push(ObjectReport { key, outcome });
+                }
+                Action::Keep { key, why } => {
+                    let i = plan::id(&key);
+                    // Found as desired by comparing: remembered with the version it was compared at.
+                    if let (Kept::AsDesired, Some(v), Some(o)) = (
+                        why,
+                        versions.remove(&i),
+                        plan.objects.iter().find(|o| o.key() == key),
+                    ) {
+                        self.verified.insert(i, (o.config_hash().into(), v));
+                    }
+                    present_kinds.insert(key.kind.clone());
+                    report.objects.push(ObjectReport {
+                        key,
+                        outcome: Outcome::Synced,
+                    });
+                }
+                Action::NotOwned { key, managers } => {
+                    let e = Error::NotOwned {
+                        object: key.to_string(),
+                        detail: managers,
+                    };
+                    self.count_error(&e);
+                    report.objects.push(ObjectReport {
+                        key,
+                        outcome: Outcome::Failed(e.to_string()),
+                    });
+                }
+                Action::Fail { key, error } => {
+                    let message = match error {
+                        Failure::MissingKind => {
+                            let e = Error::MissingKind {
+                                object: key.to_string(),
+                            };
+                            self.count_error(&e);
+                            e.to_string()
+                        }
+                        Failure::Unreadable(m) => m,
+                    };
+                    report.objects.push(ObjectReport {
+                        key,
+                        outcome: Outcome::Failed(message),
+                    });
+                }
+                Action::Delete { key } => match self.delete(client, &key, report).await {
+                    Ok(()) => {
+                        deleted.insert(plan::id(&key));
+                    }
+                    Err(e) if is_cluster_wide(&e) => return Err(e),
+                    Err(e) => log::warn!("{}: pruning {key}: {e}", self.cfg.cluster),
+                },
+            }
+        }
+        // Watched: the kinds ksit wants here, and any where its objects remain.
         let wanted_kinds: BTreeSet<(String, String)> = plan
             .objects
             .iter()
             .map(|o| (o.kind.group.clone(), o.kind.plural.clone()))
             .collect();
-        let full_scan = self
-            .full_scan
-            .is_none_or(|t| t.elapsed() >= self.cfg.resync * 3 / 4);
-        if full_scan {
-            self.full_scan = Some(Instant::now());
-        }
-        for kind in &plan.prune_kinds {
-            if kind.kind == "Namespace" {
-                continue;
-            }
+        for kind in looked {
             let gp = (kind.group.clone(), kind.plural.clone());
-            if !full_scan && !wanted_kinds.contains(&gp) && self.empty_kinds.contains(&gp) {
-                continue;
-            }
-            // A failed look (e.g. a 500) skips pruning this kind this time; only losing the cluster ends the pass.
-            let present = match self.has_kind(client, kind).await {
-                Ok(p) => p,
-                Err(e) if is_cluster_wide(&e) => return Err(e),
-                Err(e) => {
-                    self.count_error(&e);
-                    continue;
-                }
-            };
-            if !present {
-                continue;
-            }
-            // A live object's key: its namespace counts only for a namespaced kind.
-            let live_key = |namespace: &Option<String>, name: &str| ObjectKey {
-                kind: kind.clone(),
-                namespace: namespace.clone().filter(|_| kind.namespaced),
-                name: name.to_owned(),
-            };
-            let api = api_for(client, kind, None);
-            let lp =
-                ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-            // The drift watch's view when it is in sync, else a list. Wanted objects are left out of the
-            // view unparsed: they are kept, and their kind is wanted, so they change nothing below.
-            let seen: Option<Vec<DynamicObject>> = self.cache.lock().ok().and_then(|c| {
-                c.get(&gp).filter(|k| k.ready).map(|k| {
-                    k.objects
-                        .iter()
-                        .filter(|((ns, name), _)| !wanted.contains(&id(&live_key(ns, name))))
-                        .filter_map(|(_, o)| o.parsed())
-                        .collect()
-                })
+            let left = observed.labelled.iter().any(|l| {
+                l.key.kind.group == kind.group
+                    && l.key.kind.plural == kind.plural
+                    && plan::owned(&l.meta)
+                    && !deleted.contains(&plan::id(&l.key))
             });
-            let items = match seen {
-                Some(items) => items,
-                None => match timed(&cluster, self.cfg.timeout, api.list(&lp)).await {
-                    Ok(l) => l.items,
-                    Err(e) if is_cluster_wide(&e) => return Err(e),
-                    Err(e) => {
-                        self.count_error(&e);
-                        log::warn!("{cluster}: listing {} to prune: {e}", kind.plural);
-                        continue;
-                    }
-                },
-            };
-            let mut left = false;
-            for live in items {
-                let key = live_key(
-                    &live.metadata.namespace,
-                    live.metadata.name.as_deref().unwrap_or_default(),
-                );
-                if !owned(&live.metadata) {
-                    continue;
-                }
-                if wanted.contains(&id(&key)) || retained.contains(&id(&key)) {
-                    left = true;
-                    continue;
-                }
-                let api = api_for(client, kind, key.namespace.as_deref());
-                match timed(
-                    &cluster,
-                    self.cfg.timeout,
-                    api.delete(&key.name, &DeleteParams::default()),
-                )
-                .await
-                {
-                    Ok(_) => {
-                        report.writes += 1;
-                        self.cfg
-                            .metrics
-                            .writes
-                            .get_or_create(&WriteLabels {
-                                cluster: cluster.clone(),
-                                verb: "delete".into(),
-                            })
-                            .inc();
-                        log::info!("{cluster}: pruned {key}");
-                    }
-                    Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {}
-                    Err(e) if is_cluster_wide(&e) => return Err(e),
-                    Err(e) => {
-                        left = true;
-                        log::warn!("{cluster}: pruning {key}: {e}");
-                    }
-                }
-            }
-            // Watched: the kinds ksit wants here, and any where its objects remain.
             if left || wanted_kinds.contains(&gp) {
                 self.empty_kinds.remove(&gp);
-                present_kinds.insert(kind.clone());
+                present_kinds.insert(kind);
             } else {
                 self.empty_kinds.insert(gp);
             }
@@ -858,47 +784,172 @@ impl Worker {
         Ok(())
     }
 
-    async fn apply_one(
+    /// What the cluster holds in place of `obj`: from the drift watch's view when it is in sync (without even
+    /// parsing it when its version has not moved since it was last found as desired), else read. Also its
+    /// version, when the view had it. Only a cluster-wide failure is an error.
+    async fn observe(
         &mut self,
         client: &Client,
         obj: &DesiredObject,
-        pp: &PatchParams,
+    ) -> Result<(Live, Option<Box<str>>), Error> {
+        match self.has_kind(client, &obj.kind).await {
+            Ok(true) => {}
+            Ok(false) => return Ok((Live::KindMissing, None)),
+            Err(e) if is_cluster_wide(&e) => return Err(e),
+            Err(e) => {
+                self.count_error(&e);
+                return Ok((Live::Unreadable(e.to_string()), None));
+            }
+        }
+        let i = plan::id(&obj.key());
+        let seen = self.cache.lock().ok().and_then(|c| {
+            let kind = c.get(&(obj.kind.group.clone(), obj.kind.plural.clone()))?;
+            if !kind.ready {
+                return None;
+            }
+            // In sync and not there: ksit's label is gone or it does not exist; ask the cluster.
+            let o = kind
+                .objects
+                .get(&(obj.namespace.clone(), obj.name.clone()))?;
+            let unchanged = self.verified.get(&i).is_some_and(|(hash, version)| {
+                **hash == *obj.config_hash() && *version == o.version
+            });
+            let live = if unchanged {
+                Live::Verified
+            } else {
+                Live::Present(o.parsed::<Value>()?)
+            };
+            Some((live, Some(o.version.clone())))
+        });
+        if let Some(found) = seen {
+            return Ok(found);
+        }
+        let api = api_for(client, &obj.kind, obj.namespace.as_deref());
+        match timed(&self.cfg.cluster, self.cfg.timeout, api.get_opt(&obj.name)).await {
+            Ok(Some(o)) => Ok((
+                Live::Present(serde_json::to_value(o).unwrap_or_default()),
+                None,
+            )),
+            Ok(None) => Ok((Live::Absent, None)),
+            Err(e) if is_cluster_wide(&e) => Err(e),
+            Err(e) => {
+                self.count_error(&e);
+                Ok((Live::Unreadable(e.to_string()), None))
+            }
+        }
+    }
+
+    /// The ksit-labelled objects of the kinds ksit may prune, into `observed.labelled`: from the drift
+    /// watch's view when in sync, else listed. A kind with nothing of ksit's at the last look is looked at
+    /// only once per resync. Returns the kinds looked at that the cluster serves.
+    async fn observe_labelled(
+        &mut self,
+        client: &Client,
+        plan: &ClusterPlan,
+        observed: &mut Observed,
+    ) -> Result<Vec<ResourceKind>, Error> {
+        let cluster = self.cfg.cluster.clone();
+        let wanted: BTreeSet<Id> = plan.objects.iter().map(|o| plan::id(&o.key())).collect();
+        let wanted_kinds: BTreeSet<(String, String)> = plan
+            .objects
+            .iter()
+            .map(|o| (o.kind.group.clone(), o.kind.plural.clone()))
+            .collect();
+        let full_scan = self
+            .full_scan
+            .is_none_or(|t| t.elapsed() >= self.cfg.resync * 3 / 4);
+        if full_scan {
+            self.full_scan = Some(Instant::now());
+        }
+        let mut looked = Vec::new();
+        for kind in &plan.prune_kinds {
+            if kind.kind == "Namespace" {
+                continue;
+            }
+            let gp = (kind.group.clone(), kind.plural.clone());
+            if !full_scan && !wanted_kinds.contains(&gp) && self.empty_kinds.contains(&gp) {
+                continue;
+            }
+            // A failed look (e.g. a 500) skips pruning this kind this time; only losing the cluster ends the pass.
+            match self.has_kind(client, kind).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) if is_cluster_wide(&e) => return Err(e),
+                Err(e) => {
+                    self.count_error(&e);
+                    continue;
+                }
+            }
+            // A live object's key: its namespace counts only for a namespaced kind.
+            let live_key = |namespace: &Option<String>, name: &str| ObjectKey {
+                kind: kind.clone(),
+                namespace: namespace.clone().filter(|_| kind.namespaced),
+                name: name.to_owned(),
+            };
+            // The drift watch's view when it is in sync, else a list. Wanted objects are left out of the view
+            // unparsed: they are kept, and their kind is wanted, so they change nothing.
+            let seen: Option<Vec<DynamicObject>> = self.cache.lock().ok().and_then(|c| {
+                c.get(&gp).filter(|k| k.ready).map(|k| {
+                    k.objects
+                        .iter()
+                        .filter(|((ns, name), _)| !wanted.contains(&plan::id(&live_key(ns, name))))
+                        .filter_map(|(_, o)| o.parsed())
+                        .collect()
+                })
+            });
+            let items = match seen {
+                Some(items) => items,
+                None => {
+                    let lp = ListParams::default()
+                        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+                    match timed(
+                        &cluster,
+                        self.cfg.timeout,
+                        api_for(client, kind, None).list(&lp),
+                    )
+                    .await
+                    {
+                        Ok(l) => l.items,
+                        Err(e) if is_cluster_wide(&e) => return Err(e),
+                        Err(e) => {
+                            self.count_error(&e);
+                            log::warn!("{cluster}: listing {} to prune: {e}", kind.plural);
+                            continue;
+                        }
+                    }
+                }
+            };
+            observed
+                .labelled
+                .extend(items.into_iter().map(|live| Labelled {
+                    key: live_key(
+                        &live.metadata.namespace,
+                        live.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                    meta: live.metadata,
+                }));
+            looked.push(kind.clone());
+        }
+        Ok(looked)
+    }
+
+    /// Server-side applies `obj` (with force), keeps the answer in the drift view and remembers it as
+    /// verified.
+    async fn apply(
+        &mut self,
+        client: &Client,
+        obj: &DesiredObject,
+        create: bool,
         report: &mut ClusterReport,
     ) -> Result<(), Error> {
         let cluster = self.cfg.cluster.clone();
         let key = obj.key();
-        if !self.has_kind(client, &obj.kind).await? {
-            return Err(Error::MissingKind {
-                object: key.to_string(),
-            });
-        }
         let api = api_for(client, &obj.kind, obj.namespace.as_deref());
-        let live = match self.cached(obj) {
-            Some(seen) => Some(seen),
-            None => timed(&cluster, self.cfg.timeout, api.get_opt(&obj.name))
-                .await?
-                .map(|o| serde_json::to_value(o).unwrap_or_default()),
-        };
-        if let Some(live) = &live {
-            if obj.create_only {
-                return Ok(()); // exists: createOnly objects (and namespaces) are never updated
-            }
-            // Unreadable metadata counts as not ksit's.
-            let meta = ObjectMeta::deserialize(&live["metadata"]).unwrap_or_default();
-            if !owned(&meta) {
-                return Err(Error::NotOwned {
-                    object: key.to_string(),
-                    detail: managers(&meta),
-                });
-            }
-            if contains(live, &obj.manifest) {
-                return Ok(()); // already as desired: no write
-            }
-        }
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
         let applied = timed(
             &cluster,
             self.cfg.timeout,
-            api.patch(&obj.name, pp, &Patch::Apply(&obj.manifest)),
+            api.patch(&obj.name, &pp, &Patch::Apply(&obj.manifest)),
         )
         .await
         .map_err(|e| match e {
@@ -908,13 +959,16 @@ impl Worker {
             },
             other => other,
         })?;
+        let cached = Cached::new(applied);
+        self.verified.insert(
+            plan::id(&key),
+            (obj.config_hash().into(), cached.version.clone()),
+        );
         // The next pass must not compare against what the watch has not delivered yet.
         if let Ok(mut c) = self.cache.lock() {
             if let Some(kind) = c.get_mut(&(obj.kind.group.clone(), obj.kind.plural.clone())) {
-                kind.objects.insert(
-                    (obj.namespace.clone(), obj.name.clone()),
-                    Cached::new(applied),
-                );
+                kind.objects
+                    .insert((obj.namespace.clone(), obj.name.clone()), cached);
             }
         }
         report.writes += 1;
@@ -926,8 +980,44 @@ impl Worker {
                 verb: "apply".into(),
             })
             .inc();
-        log::info!("{cluster}: applied {key}");
+        log::info!(
+            "{cluster}: {} {key}",
+            if create { "created" } else { "applied" }
+        );
         Ok(())
+    }
+
+    async fn delete(
+        &mut self,
+        client: &Client,
+        key: &ObjectKey,
+        report: &mut ClusterReport,
+    ) -> Result<(), Error> {
+        let cluster = self.cfg.cluster.clone();
+        let api = api_for(client, &key.kind, key.namespace.as_deref());
+        match timed(
+            &cluster,
+            self.cfg.timeout,
+            api.delete(&key.name, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(_) => {
+                report.writes += 1;
+                self.cfg
+                    .metrics
+                    .writes
+                    .get_or_create(&WriteLabels {
+                        cluster: cluster.clone(),
+                        verb: "delete".into(),
+                    })
+                    .inc();
+                log::info!("{cluster}: pruned {key}");
+                Ok(())
+            }
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn istio_health(&mut self, client: &Client) -> Result<IstioHealth, Error> {
@@ -1056,7 +1146,7 @@ mod drift_cache_tests {
             "a failure after the list: not trusted"
         );
         // The cached text keeps the managers' names, not their field sets.
-        let kept = &c[&id()].objects[&at("b")].0;
+        let kept = &c[&id()].objects[&at("b")].text;
         assert!(
             kept.contains("\"manager\":\"ksit\"") && !kept.contains("f:spec"),
             "{kept}"
@@ -1080,12 +1170,15 @@ mod drift_cache_tests {
         );
         // Someone else's change to it, then its echo again (the same change seen twice pokes once).
         let mut changed = object("a");
-        changed.0 = changed
-            .0
+        changed.text = changed
+            .text
             .replace("\"hosts\":[\"a\"]", "\"hosts\":[\"z\"]")
             .into();
-        assert_ne!(changed.0, object("a").0, "the test edits the object");
-        let again = Cached(changed.0.clone());
+        assert_ne!(changed.text, object("a").text, "the test edits the object");
+        let again = Cached {
+            text: changed.text.clone(),
+            version: changed.version.clone(),
+        };
         assert_eq!(
             step(&mut c, WatchStep::Put(at("a"), changed, true)),
             Some(true)

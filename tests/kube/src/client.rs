@@ -121,6 +121,26 @@ impl Client {
             .is_ok_and(|r| r.status == 200)
     }
 
+    /// Whether the RBAC authorizer has its roles: any authenticated user may read discovery (the bootstrap
+    /// role system:discovery). Right after a start, /readyz can pass (the admin bypasses RBAC) while the
+    /// authorizer still refuses everyone else.
+    pub async fn rbac_ready(&self) -> bool {
+        let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": "ksit-test-probe", "groups": ["system:authenticated"],
+                "nonResourceAttributes": {"path": "/apis", "verb": "get"}}});
+        let Ok(body) = serde_json::to_vec(&review) else {
+            return false;
+        };
+        self.raw(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            Some("application/json"),
+            Some(body),
+        )
+        .await
+        .is_ok_and(|r| r.ok() && r.json()["status"]["allowed"] == true)
+    }
+
     async fn discover(&self, group: &str, version: Option<&str>) -> anyhow::Result<Vec<Resource>> {
         let version = match (group, version) {
             (_, Some(v)) => v.to_string(),

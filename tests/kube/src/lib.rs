@@ -10,7 +10,7 @@ mod process;
 mod server;
 
 pub use assets::{istio_crds_yaml, istioctl, kube_assets};
-pub use audit::AuditEvent;
+pub use audit::{rfc3339, AuditEvent};
 pub use client::{Client, Resource, Response};
 pub use process::Supervised;
 pub use server::{ApiServer, KUBERNETES_VERSION};

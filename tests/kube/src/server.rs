@@ -27,6 +27,9 @@ pub struct ApiServer {
     apiserver: Option<Supervised>,
     etcd: Option<Supervised>,
     keep: bool,
+    /// From each kube-apiserver start to its readiness (RFC 3339 text, as the audit log writes times): a
+    /// server serves requests before it is ready, and refuses (403) what its RBAC caches do not hold yet.
+    starting: Vec<(String, String)>,
 }
 
 /// A port the kernel just handed out, released for the server to take. Another process could take it first:
@@ -152,6 +155,7 @@ impl ApiServer {
             apiserver: None,
             etcd: Some(etcd),
             keep: std::env::var_os("KSIT_KEEP_KUBE").is_some(),
+            starting: Vec::new(),
         };
         for _attempt in 0..3 {
             server.port = free_port()?;
@@ -209,6 +213,7 @@ impl ApiServer {
         .args(["--audit-log-mode", "blocking"])
         .args(["--cert-dir", &path(d, "certs")]);
         let log = d.join("kube-apiserver.log");
+        let began = crate::audit::rfc3339(std::time::SystemTime::now());
         let process = Supervised::spawn(&format!("{}-kube-apiserver", self.name), cmd, &log)?;
         let admin = self.admin().await?;
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -221,7 +226,7 @@ impl ApiServer {
                     log_tail(&log, 15)
                 );
             }
-            if admin.ready().await {
+            if admin.ready().await && admin.rbac_ready().await {
                 break;
             }
             if Instant::now() > deadline {
@@ -235,7 +240,17 @@ impl ApiServer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.apiserver = Some(process);
+        self.starting
+            .push((began, crate::audit::rfc3339(std::time::SystemTime::now())));
         Ok(())
+    }
+
+    /// Whether a request received at `received` (audit log time) came while a kube-apiserver of this cluster
+    /// was starting, before it was ready.
+    pub fn while_starting(&self, received: &str) -> bool {
+        self.starting
+            .iter()
+            .any(|(from, to)| from.as_str() <= received && received <= to.as_str())
     }
 
     pub fn name(&self) -> &str {
