@@ -504,10 +504,7 @@ fn render_wasm_plugin(
 }
 
 fn fail_strategy_name(spec: &TrafficPolicySpec) -> &'static str {
-    match spec.fail_strategy {
-        ksit_policy::spec::FailStrategy::FailOpen => "FAIL_OPEN",
-        ksit_policy::spec::FailStrategy::FailClose => "FAIL_CLOSE",
-    }
+    spec.fail_strategy.name()
 }
 
 /// A TrafficPolicy bound to one cluster, with the BindingPolicies that send it there.
