@@ -19,3 +19,4 @@ pub mod module;
 pub mod resources;
 pub mod server;
 pub mod status;
+pub mod template;

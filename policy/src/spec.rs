@@ -134,8 +134,8 @@ pub struct HttpRule {
     /// Conditions, ORed; the fields inside one condition are ANDed. Empty: the rule matches every request.
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpMatchRequest>,
-    /// Destinations with relative weights.
-    #[serde(default)]
+    /// Destinations with relative weights (none when the rule has a `redirect` or `directResponse`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<HttpRouteDestination>,
     /// ksit extension: sticky canary assignment and a forcing header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
