@@ -698,3 +698,26 @@ spec:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// docs/trafficpolicy.md lists exactly the codes `ksit analyze` reports, with the same words.
+#[test]
+fn analyze_codes_are_the_documented_ones() {
+    let doc = std::fs::read_to_string(repo().join("docs/trafficpolicy.md")).unwrap();
+    let table: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            match cells.as_slice() {
+                ["", code, text, ""] if code.starts_with("KSIT") => {
+                    Some((code.to_string(), text.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let codes: Vec<(String, String)> = ksit_controller::analyze::CODES
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(table, codes);
+}
