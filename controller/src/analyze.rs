@@ -478,7 +478,7 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
                         Severity::Warning,
                         "KSIT021",
                         format!("spec.http[{i}].name"),
-                        "unnamed: its canary buckets, fault and mirror rolls are keyed by a hash of its matches and destinations (earlier ksit versions used its position), so changing those moves its users once",
+                        "unnamed: its canary buckets and its fault and mirror rolls are keyed by a hash of its matches and destinations (earlier ksit versions used its position, so upgrading moves its users once); changing its matches or destinations moves them again",
                         "give the rule a name; a named rule keeps its users through any change",
                     );
                 }
