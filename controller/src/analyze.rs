@@ -28,20 +28,24 @@ pub struct Finding {
 }
 
 /// The codes, for documentation and `--help`.
-pub const CODES: [(&str, &str); 15] = [
+pub const CODES: [(&str, &str); 19] = [
     ("KSIT001", "a cluster-scoped object (BindingPolicy) carries metadata.namespace"),
     ("KSIT002", "a field the kind's schema does not declare (dropped by the API server)"),
     ("KSIT003", "a deprecated field (e.g. outlierDetection.consecutiveErrors)"),
     ("KSIT004", "an older API version where v1 is served"),
     ("KSIT010", "an invalid TrafficPolicy or VirtualService route field (weights, percentages, regexes, durations)"),
-    ("KSIT011", "a fault without percentage: ksit applies it to every request"),
+    ("KSIT011", "a fault without percentage: injected into no request (0%, as in Istio); earlier ksit versions injected it into every request"),
+    ("KSIT012", "a headers match on a key named uri, scheme, method or authority: istiod matches it as a literal request header, not the pseudo-field"),
     ("KSIT020", "a rule shadowed by an earlier rule that always matches first"),
+    ("KSIT021", "an unnamed rule that splits, injects faults or mirrors by a sticky key: keyed by a hash of its matches and destinations"),
     ("KSIT030", "a destination subset no DestinationRule defines"),
     ("KSIT031", "a TrafficPolicy's rendered VirtualService would clash with a VirtualService on the same host"),
     ("KSIT032", "two TrafficPolicies on the same workloads claim the same host (the older one applies)"),
     ("KSIT040", "a BindingPolicy that selects no cluster"),
     ("KSIT041", "a TrafficPolicy that no BindingPolicy sends anywhere"),
     ("KSIT042", "a TrafficPolicy's WasmPlugin namespace that its BindingPolicy does not cover"),
+    ("KSIT043", "a BindingPolicy field ksit does not implement (statusCollectors, statusCollection, wantSingletonReportedState, wantMultiWECReportedState)"),
+    ("KSIT044", "an object with control.kubestellar.io/expand-templates that does not expand for a bound cluster"),
     ("KSIT050", "a document that is not valid for its kind"),
     ("KSIT051", "an IntegrationTarget without labels: no BindingPolicy can select it"),
 ];
@@ -269,6 +273,58 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
         c.on(d);
         let (group, kind) = (d.group().to_string(), d.kind().to_string());
         let version = d.api_version().rsplit('/').next().unwrap_or("").to_string();
+        if kind == "BindingPolicy" {
+            let spec = &d.value["spec"];
+            let mut unsupported: Vec<(String, &str)> = Vec::new();
+            if spec
+                .get("wantSingletonReportedState")
+                .is_some_and(|v| v != &Value::Bool(false))
+            {
+                unsupported.push((
+                    "spec.wantSingletonReportedState".into(),
+                    "ksit copies objects to members but returns no reported state from them",
+                ));
+            }
+            for (i, clause) in spec["downsync"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                for (field, why) in [
+                    ("statusCollectors", "ksit collects no status from members"),
+                    ("statusCollection", "ksit collects no status from members"),
+                    (
+                        "wantSingletonReportedState",
+                        "ksit returns no reported state from members",
+                    ),
+                    (
+                        "wantMultiWECReportedState",
+                        "ksit returns no reported state from members",
+                    ),
+                ] {
+                    let set = clause.get(field).is_some_and(|v| match v {
+                        Value::Bool(b) => *b,
+                        Value::Array(a) => !a.is_empty(),
+                        Value::Null => false,
+                        _ => true,
+                    });
+                    if set {
+                        unsupported.push((format!("spec.downsync[{i}].{field}"), why));
+                    }
+                }
+            }
+            for (path, why) in unsupported {
+                c.add(
+                    Severity::Warning,
+                    "KSIT043",
+                    path.clone(),
+                    format!("not implemented by ksit: {why}; the field has no effect (KubeStellar implements it when it owns the BindingPolicy)"),
+                    format!("remove {path}, or run ksit with --kubestellar-owns-bindings under KubeStellar"),
+                );
+            }
+        }
         if kind == "BindingPolicy" && d.namespace().is_some() {
             c.add(
                 Severity::Error,
@@ -387,11 +443,44 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
                                 Severity::Warning,
                                 "KSIT011",
                                 format!("spec.http[{i}].fault.{f}"),
-                                format!("no percentage: ksit injects this {f} into every request"),
-                                "set percentage.value explicitly (0 to 100)",
+                                format!("no percentage: this {f} is injected into no request (0%), as Istio does; earlier ksit versions injected it into every request"),
+                                format!("set fault.{f}.percentage.value: 100 to inject it into every request, or remove the {f}"),
                             );
                         }
                     }
+                }
+                for (j, m) in r["match"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    for field in ["headers", "withoutHeaders"] {
+                        for key in ["uri", "scheme", "method", "authority"] {
+                            if m.get(field).and_then(|h| h.get(key)).is_some() {
+                                c.add(
+                                    Severity::Warning,
+                                    "KSIT012",
+                                    format!("spec.http[{i}].match[{j}].{field}.{key}"),
+                                    format!("matches a request header literally named {key:?}: Istio's reference says this key is ignored, but istiod (and ksit) match it as a header"),
+                                    format!("use match.{key} for the request's {key}; keep it only if clients send a header named {key:?}"),
+                                );
+                            }
+                        }
+                    }
+                }
+                let splits = r["route"].as_array().is_some_and(|a| a.len() > 1)
+                    || r.get("fault").is_some()
+                    || r.pointer("/canary/stickyBy").is_some();
+                if kind == "TrafficPolicy" && r.get("name").is_none() && splits {
+                    c.add(
+                        Severity::Warning,
+                        "KSIT021",
+                        format!("spec.http[{i}].name"),
+                        "unnamed: its canary buckets and its fault and mirror rolls are keyed by a hash of its matches and destinations (earlier ksit versions used its position, so upgrading moves its users once); changing its matches or destinations moves them again",
+                        "give the rule a name; a named rule keeps its users through any change",
+                    );
                 }
                 for (j, dst) in r["route"]
                     .as_array()
@@ -475,6 +564,18 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
             c.on(doc);
             if hub.clusters.is_empty() {
                 continue;
+            }
+            for n in d.notes.iter().filter(|n| {
+                n.object == format!("BindingPolicy {}", doc.name())
+                    && n.reason == "TemplateExpansionFailed"
+            }) {
+                c.add(
+                    Severity::Error,
+                    "KSIT044",
+                    "spec.downsync",
+                    format!("{}: {}", n.cluster, n.message),
+                    "give the cluster the property (a label or annotation of its IntegrationTarget, or its ConfigMap in customization-properties), or use only {{ .property }} references",
+                );
             }
             if d.bound.get(doc.name()).is_none_or(|b| b.is_empty()) {
                 c.add(

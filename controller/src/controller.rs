@@ -252,6 +252,14 @@ async fn lead(
             Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
             poke_tx.clone(),
         ),
+        // Cluster properties for KubeStellar's template expansion.
+        poke_on_change(
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+                client.clone(),
+                crate::template::PROPERTIES_NAMESPACE,
+            ),
+            poke_tx.clone(),
+        ),
     ];
     // Bindings decide where TrafficPolicies go, whoever copies the other objects.
     fixed.push(poke_on_change(

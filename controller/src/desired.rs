@@ -17,6 +17,8 @@ pub const SOURCE_ANNOTATION: &str = "ksit.io/source";
 pub const FIELD_MANAGER: &str = "ksit-controller";
 /// The request header the filter writes and the rendered VirtualService routes on.
 pub const DESTINATION_HEADER: &str = ksit_policy::DESTINATION_HEADER;
+/// The request header the filter writes the mirror level to (sticky mirroring).
+pub const MIRROR_HEADER: &str = ksit_policy::MIRROR_HEADER;
 
 /// A kind of object, enough to address it through the API.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -143,6 +145,9 @@ pub struct Hub {
     pub objects: Vec<HubObject>,
     pub traffic_policies: Vec<TrafficPolicy>,
     pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per cluster, the template properties from its annotations and its `customization-properties`
+    /// ConfigMap (see `template`; its name and labels come from `clusters`).
+    pub cluster_properties: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// One object a cluster should hold.
@@ -418,13 +423,10 @@ fn policy_id(tp: &TrafficPolicy) -> (String, String) {
     (ns, tp.metadata.name.clone().unwrap_or_default())
 }
 
-/// An HTTPMatchRequest as the VirtualService carries it (ksit's match names are not Istio route fields).
+/// An HTTPMatchRequest as the VirtualService carries it (with its `name`, which Istio appends to the Envoy
+/// route's name, and its `statPrefix`).
 fn match_json(m: &ksit_policy::spec::HttpMatchRequest) -> Value {
-    let mut mv = serde_json::to_value(m).unwrap_or_else(|_| json!({}));
-    if let Some(o) = mv.as_object_mut() {
-        o.remove("name");
-    }
-    mv
+    serde_json::to_value(m).unwrap_or_else(|_| json!({}))
 }
 
 /// One WasmPlugin for the TrafficPolicies that select the same workloads (`members`, oldest first), so a
@@ -512,10 +514,7 @@ fn render_wasm_plugin(
 }
 
 fn fail_strategy_name(spec: &TrafficPolicySpec) -> &'static str {
-    match spec.fail_strategy {
-        ksit_policy::spec::FailStrategy::FailOpen => "FAIL_OPEN",
-        ksit_policy::spec::FailStrategy::FailClose => "FAIL_CLOSE",
-    }
+    spec.fail_strategy.name()
 }
 
 /// A TrafficPolicy bound to one cluster, with the BindingPolicies that send it there.
@@ -674,10 +673,107 @@ fn destination_json(d: &ksit_policy::spec::Destination) -> Value {
     serde_json::to_value(d).unwrap_or_default()
 }
 
+/// A rule's matches with extra header conditions (the filter's marks); a rule without matches gets one
+/// match of those headers alone.
+fn marked_matches(rule: &ksit_policy::spec::HttpRule, marks: &[(&str, String)]) -> Vec<Value> {
+    let with_marks = |mut mv: Value| {
+        if let Some(o) = mv.as_object_mut() {
+            let h = o.entry("headers").or_insert_with(|| json!({}));
+            if let Some(h) = h.as_object_mut() {
+                for (name, value) in marks {
+                    h.insert((*name).into(), json!({"exact": value}));
+                }
+            }
+        }
+        mv
+    };
+    if rule.matches.is_empty() {
+        vec![with_marks(json!({}))]
+    } else {
+        rule.matches
+            .iter()
+            .map(|m| with_marks(match_json(m)))
+            .collect()
+    }
+}
+
+/// The fields of a rule the VirtualService carries as they are (Envoy applies them after routing): timeout,
+/// retries, rewrite, CORS, header changes, and the mirrors unless the filter decides them (`sticky_mirror`).
+fn carried_fields(rule: &ksit_policy::spec::HttpRule, route: &mut Map<String, Value>) {
+    let mut put = |k: &str, v: Value| {
+        route.insert(k.into(), v);
+    };
+    fn to<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap_or_default()
+    }
+    if let Some(t) = &rule.timeout {
+        put("timeout", json!(t));
+    }
+    if let Some(x) = &rule.retries {
+        put("retries", to(x));
+    }
+    if let Some(x) = &rule.rewrite {
+        put("rewrite", to(x));
+    }
+    if let Some(x) = &rule.redirect {
+        put("redirect", to(x));
+    }
+    if let Some(x) = &rule.direct_response {
+        put("directResponse", to(x));
+    }
+    if !rule.sticky_mirror() && rule.answers().is_none() {
+        if let Some(x) = &rule.mirror {
+            put("mirror", to(x));
+        }
+        if let Some(x) = &rule.mirror_percentage {
+            put("mirrorPercentage", to(x));
+        }
+        if !rule.mirrors.is_empty() {
+            put("mirrors", to(&rule.mirrors));
+        }
+    }
+    if let Some(x) = &rule.cors_policy {
+        put("corsPolicy", to(x));
+    }
+    if let Some(x) = &rule.headers {
+        put("headers", to(x));
+    }
+}
+
+/// One route of a destination as the VirtualService names it.
+fn route_destination_json(d: &ksit_policy::spec::HttpRouteDestination) -> Value {
+    let mut v = json!({"destination": destination_json(&d.destination)});
+    if let Some(h) = &d.headers {
+        v["headers"] = serde_json::to_value(h).unwrap_or_default();
+    }
+    v
+}
+
+/// The mirror sets of a rule with sticky mirroring: set `L` (1-based, as the filter writes `x-ksit-mirror`)
+/// holds the mirrors whose share is at least the `L`th largest share (see `ksit_policy::engine::CompiledMirror`).
+fn sticky_mirror_sets(rule: &ksit_policy::spec::HttpRule) -> Vec<Vec<Value>> {
+    let policies = rule.mirror_policies();
+    let mut thresholds: Vec<u32> = policies.iter().map(|(_, p)| *p).collect();
+    thresholds.sort_unstable_by(|a, b| b.cmp(a));
+    thresholds.dedup();
+    thresholds
+        .iter()
+        .map(|t| {
+            policies
+                .iter()
+                .filter(|(_, p)| p >= t)
+                .map(|(d, _)| json!({"destination": destination_json(d)}))
+                .collect()
+        })
+        .collect()
+}
+
 /// The VirtualService that routes on the filter's decision, then each rule's matches to its stable
 /// destination ([`ksit_policy::spec::HttpRule::stable_index`]): for the requests the filter did not decide
 /// (e.g. when it is absent or failed open) and, with `--stable-by-default-route`, those it sends there
-/// unmarked (`headerForStable: false` in the pluginConfig).
+/// unmarked (`headerForStable: false` in the pluginConfig). A rule that answers itself (`redirect`,
+/// `directResponse`) has only the second kind of route, which answers; with sticky mirroring, a destination's
+/// routes come once per mirror level (`x-ksit-mirror`) with that level's mirrors, then without.
 pub fn render_virtual_service(
     tp: &TrafficPolicy,
     cluster: &str,
@@ -685,75 +781,59 @@ pub fn render_virtual_service(
 ) -> DesiredObject {
     let (ns, name) = policy_id(tp);
     let spec = tp.spec.0.resolve(Some(cluster));
-    let header = |key: &str| json!({DESTINATION_HEADER: {"exact": key}});
     let mut routes = Vec::new();
-    let passthrough = |r: &ksit_policy::spec::HttpRule, route: &mut Map<String, Value>| {
-        if let Some(t) = &r.timeout {
-            route.insert("timeout".into(), json!(t));
-        }
-        if let Some(x) = &r.retries {
-            route.insert(
-                "retries".into(),
-                serde_json::to_value(x).unwrap_or_default(),
-            );
-        }
-        if let Some(x) = &r.rewrite {
-            route.insert(
-                "rewrite".into(),
-                serde_json::to_value(x).unwrap_or_default(),
-            );
-        }
+    let rule_name = |ri: usize, rule: &ksit_policy::spec::HttpRule| {
+        rule.name.clone().unwrap_or_else(|| format!("http-{ri}"))
     };
     for (ri, rule) in spec.http.iter().enumerate() {
-        let rule_name = rule.name.clone().unwrap_or_else(|| format!("http-{ri}"));
+        let rule_name = rule_name(ri, rule);
+        let mirror_sets = if rule.sticky_mirror() {
+            sticky_mirror_sets(rule)
+        } else {
+            Vec::new()
+        };
         for d in &rule.route {
             let key = d.destination.key();
-            let matches: Vec<Value> = if rule.matches.is_empty() {
-                vec![json!({"headers": header(&key)})]
-            } else {
-                rule.matches
-                    .iter()
-                    .map(|m| {
-                        let mut mv = match_json(m);
-                        if let Some(o) = mv.as_object_mut() {
-                            let h = o.entry("headers").or_insert_with(|| json!({}));
-                            if let Some(h) = h.as_object_mut() {
-                                h.insert(DESTINATION_HEADER.into(), json!({"exact": key}));
-                            }
-                        }
-                        mv
-                    })
-                    .collect()
-            };
+            let base = format!("{rule_name}-{}", key.replace('|', "-"));
+            let mark = (DESTINATION_HEADER, key.clone());
+            for (level, mirrors) in mirror_sets.iter().enumerate() {
+                let mut route = Map::new();
+                route.insert("name".into(), json!(format!("{base}-mirror{}", level + 1)));
+                let marks = [mark.clone(), (MIRROR_HEADER, (level + 1).to_string())];
+                route.insert("match".into(), Value::Array(marked_matches(rule, &marks)));
+                route.insert("route".into(), json!([route_destination_json(d)]));
+                carried_fields(rule, &mut route);
+                route.insert("mirrors".into(), Value::Array(mirrors.clone()));
+                routes.push(Value::Object(route));
+            }
             let mut route = Map::new();
+            route.insert("name".into(), json!(base));
             route.insert(
-                "name".into(),
-                json!(format!("{rule_name}-{}", key.replace('|', "-"))),
+                "match".into(),
+                Value::Array(marked_matches(rule, std::slice::from_ref(&mark))),
             );
-            route.insert("match".into(), Value::Array(matches));
-            route.insert(
-                "route".into(),
-                json!([{"destination": destination_json(&d.destination)}]),
-            );
-            passthrough(rule, &mut route);
+            route.insert("route".into(), json!([route_destination_json(d)]));
+            carried_fields(rule, &mut route);
             routes.push(Value::Object(route));
         }
     }
     for (ri, rule) in spec.http.iter().enumerate() {
-        let rule_name = rule.name.clone().unwrap_or_else(|| format!("http-{ri}"));
+        let rule_name = rule_name(ri, rule);
         let stable = rule.stable_index().and_then(|i| rule.route.get(i));
-        let Some(stable) = stable else { continue };
+        if stable.is_none() && rule.answers().is_none() {
+            continue;
+        }
         let mut route = Map::new();
-        route.insert("name".into(), json!(format!("{rule_name}-default")));
+        let suffix = if stable.is_some() { "-default" } else { "" };
+        route.insert("name".into(), json!(format!("{rule_name}{suffix}")));
         if !rule.matches.is_empty() {
             let matches: Vec<Value> = rule.matches.iter().map(match_json).collect();
             route.insert("match".into(), Value::Array(matches));
         }
-        route.insert(
-            "route".into(),
-            json!([{"destination": destination_json(&stable.destination)}]),
-        );
-        passthrough(rule, &mut route);
+        if let Some(stable) = stable {
+            route.insert("route".into(), json!([route_destination_json(stable)]));
+        }
+        carried_fields(rule, &mut route);
         routes.push(Value::Object(route));
     }
     let vs_name = virtual_service_key(tp).name;
@@ -837,7 +917,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
         );
         for o in &hub.objects {
             let labels = o.labels();
-            let clause = b.spec.downsync.iter().find(|c| {
+            let mut matching = b.spec.downsync.iter().filter(|c| {
                 clause_matches(
                     c,
                     &o.kind.group,
@@ -848,7 +928,11 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                     &hub.namespace_labels,
                 )
             });
-            let Some(clause) = clause else { continue };
+            let Some(first) = matching.next() else {
+                continue;
+            };
+            // KubeStellar: the createOnly bits of all the clauses that match an object are ORed.
+            let create_only = first.create_only || matching.any(|c| c.create_only);
             if clusters.is_empty() {
                 continue;
             }
@@ -858,7 +942,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 None => format!("{} {}", o.kind.kind, o.name()),
             };
             mark(&mut manifest, std::slice::from_ref(&bname), &source);
-            let obj = Arc::new(DesiredObject {
+            let desired = |manifest: Value| DesiredObject {
                 kind: o.kind.clone(),
                 namespace: o
                     .namespace()
@@ -866,12 +950,50 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                     .filter(|_| o.kind.namespaced),
                 name: o.name().to_string(),
                 bindings: vec![bname.clone()],
-                create_only: clause.create_only,
+                create_only,
                 traffic_policies: Vec::new(),
                 manifest,
-            });
+            };
+            if !crate::template::wants_expansion(&o.object) {
+                let obj = Arc::new(desired(manifest));
+                for c in &clusters {
+                    add(&mut per, &c.name, obj.clone());
+                }
+                continue;
+            }
+            // KubeStellar's template expansion, per cluster. An object that fails to expand for any cluster
+            // is held as it is everywhere (neither updated nor pruned), and its binding says why.
+            let mut expanded = Vec::new();
+            let mut failed = false;
             for c in &clusters {
-                add(&mut per, &c.name, obj.clone());
+                let props = crate::template::properties(
+                    &c.name,
+                    &c.labels,
+                    hub.cluster_properties.get(&c.name),
+                );
+                match crate::template::expand(&manifest, &props) {
+                    Ok(m) => expanded.push((c, m)),
+                    Err(errors) => {
+                        failed = true;
+                        out.notes.push(Note {
+                            cluster: c.name.clone(),
+                            object: format!("BindingPolicy {bname}"),
+                            reason: "TemplateExpansionFailed",
+                            message: format!(
+                                "{source} ({}: \"true\") does not expand for this cluster: {}; it is held as it is in every cluster until it does",
+                                crate::template::EXPAND_ANNOTATION,
+                                errors.join("; ")
+                            ),
+                        });
+                    }
+                }
+            }
+            if failed {
+                out.retain.insert(desired(Value::Null).key());
+                continue;
+            }
+            for (c, m) in expanded {
+                add(&mut per, &c.name, Arc::new(desired(m)));
             }
         }
         for tp in &hub.traffic_policies {
@@ -1089,7 +1211,70 @@ pub fn to_yaml(objects: &[Arc<DesiredObject>]) -> String {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&o.manifest).unwrap_or_default());
+        out.push_str(&quote_yaml11_words(
+            &serde_yaml::to_string(&o.manifest).unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// serde_yaml writes YAML 1.2, where `on`, `off`, `yes`, `no`, `y` and `n` are strings, and leaves them
+/// unquoted; Kubernetes tools (sigs.k8s.io/yaml, so kubectl and istioctl) read YAML 1.1, where they are
+/// booleans, so a header match `exact: "on"` would arrive as `true`. Quotes those plain scalars (keys and
+/// values), leaving block scalars alone.
+pub fn quote_yaml11_words(yaml: &str) -> String {
+    const WORDS: [&str; 16] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let quote = |w: &str| {
+        if WORDS.contains(&w) {
+            format!("'{w}'")
+        } else {
+            w.to_string()
+        }
+    };
+    let mut out = String::with_capacity(yaml.len());
+    // The indentation a block scalar's lines run deeper than, while inside one.
+    let mut block: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(b) = block {
+            if line.trim().is_empty() || indent > b {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        // Sequence dashes, then an optional `key:`, then the value.
+        let mut rest = &line[indent..];
+        let mut head = line[..indent].to_string();
+        while let Some(r) = rest.strip_prefix("- ") {
+            head.push_str("- ");
+            rest = r;
+        }
+        let (key, value) = match rest.split_once(": ") {
+            Some((k, v)) if !k.starts_with(['\'', '"']) => (Some(k), v),
+            _ => match rest.strip_suffix(':') {
+                Some(k) if !k.starts_with(['\'', '"']) && !k.contains(": ") => (Some(k), ""),
+                _ => (None, rest),
+            },
+        };
+        if let Some(k) = key {
+            head.push_str(&quote(k));
+            head.push(':');
+            if !value.is_empty() {
+                head.push(' ');
+            }
+        }
+        if matches!(value.trim_end_matches(['+', '-']), "|" | ">") {
+            // Its lines are indented deeper than this one.
+            block = Some(indent);
+        }
+        head.push_str(&quote(value));
+        out.push_str(&head);
+        out.push('\n');
     }
     out
 }
@@ -1627,5 +1812,205 @@ mod tests {
         assert!(kinds_in(&d, "c1").is_empty());
         assert_eq!(d.retain.len(), 2);
         assert!(d.notes.is_empty());
+    }
+
+    fn binding(name: &str, clauses: Value) -> BindingPolicy {
+        serde_json::from_value(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy",
+            "metadata": {"name": name}, "spec": {"clusterSelectors": [{"matchLabels": {"mesh": "enabled"}}],
+            "downsync": clauses}}))
+        .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn config_map(name: &str, annotations: Value, data: Value) -> HubObject {
+        HubObject {
+            kind: ResourceKind::new("", "v1", "ConfigMap", "configmaps", true),
+            object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "default", "annotations": annotations,
+                             "labels": {"app": "x"}}, "data": data}),
+        }
+    }
+
+    fn mesh_clusters() -> Vec<Cluster> {
+        vec![
+            Cluster {
+                name: "c1".into(),
+                labels: labels(&[("mesh", "enabled"), ("region", "eu")]),
+            },
+            Cluster {
+                name: "c2".into(),
+                labels: labels(&[("mesh", "enabled"), ("region", "us")]),
+            },
+        ]
+    }
+
+    /// KubeStellar ORs the createOnly bits of all the clauses of a BindingPolicy that match an object; ksit
+    /// used the first matching clause only, and so updated objects KubeStellar leaves alone.
+    #[test]
+    fn create_only_is_ored_over_the_clauses_that_match() {
+        let cm = config_map("settings", json!({}), json!({"a": "1"}));
+        let cases = [
+            (
+                json!([{"resources": ["configmaps"]}, {"objectSelectors": [{"matchLabels": {"app": "x"}}], "createOnly": true}]),
+                true,
+            ),
+            (
+                json!([{"resources": ["configmaps"], "createOnly": true}, {"objectNames": ["settings"]}]),
+                true,
+            ),
+            (
+                json!([{"resources": ["configmaps"]}, {"objectNames": ["settings"]}]),
+                false,
+            ),
+            (
+                json!([{"resources": ["configmaps"]}, {"objectNames": ["other"], "createOnly": true}]),
+                false,
+            ),
+        ];
+        for (clauses, want) in cases {
+            let hub = Hub {
+                clusters: mesh_clusters(),
+                bindings: vec![binding("b", clauses.clone())],
+                objects: vec![cm.clone()],
+                ..Default::default()
+            };
+            let d = compute(&hub, &settings());
+            let o = d.clusters["c1"]
+                .objects
+                .iter()
+                .find(|o| o.name == "settings")
+                .cloned()
+                .unwrap_or_else(|| unreachable!("{clauses}: not sent"));
+            assert_eq!(o.create_only, want, "{clauses}");
+        }
+        // Across BindingPolicies (each a KubeStellar Binding, transported on its own), an object one of them
+        // keeps up to date is updated.
+        let hub = Hub {
+            clusters: mesh_clusters(),
+            bindings: vec![
+                binding("keep", json!([{"resources": ["configmaps"]}])),
+                binding(
+                    "seed",
+                    json!([{"resources": ["configmaps"], "createOnly": true}]),
+                ),
+            ],
+            objects: vec![cm],
+            ..Default::default()
+        };
+        let d = compute(&hub, &settings());
+        let o = d.clusters["c1"]
+            .objects
+            .iter()
+            .find(|o| o.name == "settings");
+        assert_eq!(
+            o.map(|o| (o.create_only, o.bindings.clone())),
+            Some((false, vec!["keep".to_string(), "seed".to_string()]))
+        );
+    }
+
+    /// `control.kubestellar.io/expand-templates: "true"`: each leaf string is expanded per cluster with the
+    /// cluster's properties (its ConfigMap in customization-properties, annotations, labels, clusterName);
+    /// ksit used to copy the `{{ }}` text as it was.
+    #[test]
+    fn expand_templates_renders_per_cluster_or_holds_the_object() {
+        let expand = json!({(crate::template::EXPAND_ANNOTATION): "true"});
+        let cm = config_map(
+            "endpoint",
+            expand.clone(),
+            json!({"url": "https://loki.{{ .region }}.example.com/{{ .clusterName }}-{{.clusterHash}}", "plain": "{{ .region }}"}),
+        );
+        let mut hub = Hub {
+            clusters: mesh_clusters(),
+            bindings: vec![binding("b", json!([{"resources": ["configmaps"]}]))],
+            objects: vec![cm.clone()],
+            ..Default::default()
+        };
+        for (c, hash) in [("c1", "1001-dead-beef"), ("c2", "2002-beef-dead")] {
+            hub.cluster_properties.insert(
+                c.into(),
+                crate::template::extra_properties(
+                    &BTreeMap::new(),
+                    vec![("clusterHash".to_string(), hash.to_string())],
+                ),
+            );
+        }
+        let d = compute(&hub, &settings());
+        let data = |c: &str| {
+            d.clusters[c]
+                .objects
+                .iter()
+                .find(|o| o.name == "endpoint")
+                .map(|o| o.manifest["data"].clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            data("c1")["url"],
+            "https://loki.eu.example.com/c1-1001-dead-beef"
+        );
+        assert_eq!(
+            data("c2")["url"],
+            "https://loki.us.example.com/c2-2002-beef-dead"
+        );
+        assert_eq!(data("c2")["plain"], "us");
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        // Without the annotation the text is copied as it is.
+        let mut plain = hub.clone();
+        plain.objects = vec![config_map(
+            "endpoint",
+            json!({}),
+            json!({"url": "{{ .region }}"}),
+        )];
+        let d = compute(&plain, &settings());
+        assert_eq!(
+            d.clusters["c1"]
+                .objects
+                .iter()
+                .find(|o| o.name == "endpoint")
+                .map(|o| o.manifest["data"]["url"].clone()),
+            Some(json!("{{ .region }}"))
+        );
+        // A property one cluster lacks: the object is held as it is everywhere, and its binding says why.
+        hub.cluster_properties.remove("c2");
+        let d = compute(&hub, &settings());
+        assert!(d
+            .clusters
+            .values()
+            .all(|c| c.objects.iter().all(|o| o.name != "endpoint")));
+        assert!(
+            d.retain
+                .iter()
+                .any(|k| k.to_string() == "ConfigMap default/endpoint"),
+            "{:?}",
+            d.retain
+        );
+        assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
+        let n = &d.notes[0];
+        assert_eq!(
+            (n.cluster.as_str(), n.object.as_str(), n.reason),
+            ("c2", "BindingPolicy b", "TemplateExpansionFailed")
+        );
+        assert!(
+            n.message
+                .contains("data.url: map has no entry for key \"clusterHash\""),
+            "{}",
+            n.message
+        );
+    }
+
+    /// What `ksit render` writes reads back, through a YAML 1.1 reader's eyes too (Kubernetes tools), as
+    /// the same strings: `on`, `yes`, `n` and the like are quoted; block scalars are left alone.
+    #[test]
+    fn rendered_yaml_keeps_yaml11_words_strings() {
+        let v = json!({"match": [{"headers": {"x-maintenance": {"exact": "on"}, "no": {"exact": "y"}}}],
+            "list": ["off", "On", "fine", "on time"], "text": "line one\non\n", "n": 1, "b": true});
+        let yaml = quote_yaml11_words(&serde_yaml::to_string(&v).unwrap_or_default());
+        for bare in [": on\n", ": y\n", "- off\n", "- On\n", "\nno:"] {
+            assert!(!yaml.contains(bare), "{bare:?} left plain in:\n{yaml}");
+        }
+        assert!(
+            yaml.contains("  on\n"),
+            "block scalar content kept:\n{yaml}"
+        );
+        let back: Value = serde_yaml::from_str(&yaml).unwrap_or_default();
+        assert_eq!(back, v, "{yaml}");
     }
 }

@@ -4,7 +4,7 @@
 use crate::manifests::Document;
 use ksit_policy::engine::{AbortStatus, KeyKind, Pick};
 use ksit_policy::{Engine, NamedPolicy, PluginConfig, Request, TrafficPolicySpec};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// A request to explain.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -16,22 +16,9 @@ pub struct ExplainRequest {
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
-/// Fields of an Istio HTTPRoute that ksit's engine reads; the rest (redirect, mirror, headers, corsPolicy…)
-/// does not change which destination or fault a request gets and is dropped with a note.
-const ROUTE_FIELDS: [&str; 8] = [
-    "name", "match", "route", "fault", "timeout", "retries", "rewrite", "canary",
-];
-const MATCH_FIELDS: [&str; 9] = [
-    "name",
-    "uri",
-    "scheme",
-    "method",
-    "authority",
-    "headers",
-    "withoutHeaders",
-    "queryParams",
-    "ignoreUriCase",
-];
+/// Fields of an Istio `HTTPMatchRequest` that choose proxies rather than requests: `ksit explain` evaluates
+/// a request, so it leaves them out (with a note); a TrafficPolicy refuses them.
+const PROXY_MATCH_FIELDS: [&str; 4] = ["port", "sourceLabels", "gateways", "sourceNamespace"];
 
 /// The policy spec in a TrafficPolicy or an Istio VirtualService document, plus notes on what was ignored.
 pub fn spec_of(doc: &Document) -> anyhow::Result<(TrafficPolicySpec, Vec<String>)> {
@@ -48,58 +35,46 @@ pub fn spec_of(doc: &Document) -> anyhow::Result<(TrafficPolicySpec, Vec<String>
                 .into_iter()
                 .enumerate()
             {
-                let mut route = Map::new();
-                for (k, v) in r.as_object().cloned().unwrap_or_default() {
-                    if !ROUTE_FIELDS.contains(&k.as_str()) {
-                        notes.push(format!("spec.http[{i}].{k}: not evaluated by ksit (Envoy applies it after routing)"));
-                        continue;
-                    }
-                    let v = match k.as_str() {
-                        "match" => Value::Array(
-                            v.as_array()
-                                .cloned()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .enumerate()
-                                .map(|(j, m)| {
-                                    let mut out = Map::new();
-                                    for (mk, mv) in m.as_object().cloned().unwrap_or_default() {
-                                        if MATCH_FIELDS.contains(&mk.as_str()) {
-                                            out.insert(mk, mv);
-                                        } else {
-                                            notes.push(format!("spec.http[{i}].match[{j}].{mk}: ignored (depends on the proxy, not the request)"));
-                                        }
-                                    }
-                                    Value::Object(out)
-                                })
-                                .collect(),
-                        ),
-                        "route" => Value::Array(
-                            v.as_array()
-                                .cloned()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|d| json!({"destination": d["destination"], "weight": d.get("weight").cloned().unwrap_or(Value::Null)}))
-                                .map(|mut d| {
-                                    if d["weight"].is_null() {
-                                        d.as_object_mut().map(|o| o.remove("weight"));
-                                    }
-                                    d
-                                })
-                                .collect(),
-                        ),
-                        "retries" => {
-                            let mut r = v.clone();
-                            if let Some(o) = r.as_object_mut() {
-                                o.retain(|k, _| matches!(k.as_str(), "attempts" | "perTryTimeout" | "retryOn"));
-                            }
-                            r
+                let mut route = r.as_object().cloned().unwrap_or_default();
+                if let Some(d) = route.remove("delegate") {
+                    // The routes are another VirtualService's: explained there (see `engine_for`).
+                    notes.push(format!(
+                        "spec.http[{i}] delegates to VirtualService {}/{}: not followed",
+                        d["namespace"]
+                            .as_str()
+                            .or(doc.namespace())
+                            .unwrap_or("default"),
+                        d["name"].as_str().unwrap_or("")
+                    ));
+                    continue;
+                }
+                // Istio's deprecated integer mirror percentages, as pilot reads them.
+                for old in ["mirrorPercent", "mirror_percent"] {
+                    if let Some(v) = route.remove(old) {
+                        if !route.contains_key("mirrorPercentage") && !v.is_null() {
+                            route.insert("mirrorPercentage".into(), json!({"value": v}));
                         }
-                        _ => v,
-                    };
-                    route.insert(k, v);
+                        notes.push(format!(
+                            "spec.http[{i}].{old}: deprecated; read as mirrorPercentage"
+                        ));
+                    }
+                }
+                if let Some(Value::Array(matches)) = route.get_mut("match") {
+                    for (j, m) in matches.iter_mut().enumerate() {
+                        let Some(m) = m.as_object_mut() else { continue };
+                        for f in PROXY_MATCH_FIELDS {
+                            if m.remove(f).is_some() {
+                                notes.push(format!("spec.http[{i}].match[{j}].{f}: ignored (depends on the proxy, not the request)"));
+                            }
+                        }
+                    }
                 }
                 http.push(Value::Object(route));
+            }
+            for k in ["tcp", "tls"] {
+                if src.get(k).is_some() {
+                    notes.push(format!("spec.{k}: ignored (ksit decides HTTP requests)"));
+                }
             }
             json!({"hosts": src["hosts"], "http": http})
         }
@@ -113,14 +88,31 @@ pub fn spec_of(doc: &Document) -> anyhow::Result<(TrafficPolicySpec, Vec<String>
     Ok((spec, notes))
 }
 
+/// One policy compiled as the filter runs it, with the spec it came from (for names and the fields the
+/// VirtualService carries).
+pub struct Explainer {
+    pub engine: Engine,
+    /// The spec as it applies in the cluster (overrides resolved).
+    pub spec: TrafficPolicySpec,
+    /// What was left out of a VirtualService.
+    pub notes: Vec<String>,
+}
+
 /// Compiles the chosen document for `cluster`, as the controller renders it (`stable_by_default_route`:
 /// with `--stable-by-default-route`).
 pub fn engine_for(
     doc: &Document,
     cluster: Option<&str>,
     stable_by_default_route: bool,
-) -> anyhow::Result<(Engine, Vec<String>)> {
+) -> anyhow::Result<Explainer> {
     let (spec, notes) = spec_of(doc)?;
+    if let Some(n) = notes.iter().find(|n| n.contains(" delegates to ")) {
+        anyhow::bail!(
+            "{}: {n}: the requests that route matches are decided by that VirtualService's routes; explain it instead",
+            doc.describe()
+        );
+    }
+    let resolved = spec.resolve(cluster);
     let cfg = PluginConfig {
         cluster: cluster.map(String::from),
         policies: vec![NamedPolicy {
@@ -141,7 +133,11 @@ pub fn engine_for(
                 .join("\n  ")
         )
     })?;
-    Ok((engine, notes))
+    Ok(Explainer {
+        engine,
+        spec: resolved,
+        notes,
+    })
 }
 
 fn key_name(k: KeyKind) -> &'static str {
@@ -153,7 +149,8 @@ fn key_name(k: KeyKind) -> &'static str {
 }
 
 /// The decision for one request, as JSON (the documented `ksit explain -o json` shape).
-pub fn decide(engine: &Engine, req: &ExplainRequest, entropy: u64) -> Value {
+pub fn decide(x: &Explainer, req: &ExplainRequest, entropy: u64) -> Value {
+    let engine = &x.engine;
     let method = if req.method.is_empty() {
         "GET"
     } else {
@@ -228,8 +225,70 @@ pub fn decide(engine: &Engine, req: &ExplainRequest, entropy: u64) -> Value {
         .destination
         .filter(|_| engine.writes_header(&d, &req))
         .map(|x| x.key.clone());
-    json!({"matched": true, "route": route, "destination": dest, "pick": pick, "stable": d.stable(),
-           "fault": {"delay": delay, "abort": abort}, "header": header})
+    let spec_rule = x.spec.http.get(rule.index);
+    // The name Istio gives the Envoy route: the rule's name, then `.MATCH` when the matching entry has one.
+    let match_name = rule
+        .matched_entry(&req)
+        .and_then(|i| spec_rule?.matches.get(i)?.name.clone());
+    let route_name = match (&spec_rule.and_then(|r| r.name.clone()), match_name) {
+        (name, Some(m)) => format!("{}.{m}", name.as_deref().unwrap_or("")),
+        (Some(name), None) => name.clone(),
+        (None, None) => String::new(),
+    };
+    let answer = spec_rule.and_then(|r| {
+        r.redirect
+            .as_ref()
+            .map(|v| json!({"redirect": v}))
+            .or_else(|| {
+                r.direct_response
+                    .as_ref()
+                    .map(|v| json!({"directResponse": v}))
+            })
+    });
+    let mirror = spec_rule.and_then(|r| mirror_json(r, &d));
+    let mut out = json!({"matched": true, "route": route, "routeName": route_name, "destination": dest,
+           "pick": pick, "stable": d.stable(), "fault": {"delay": delay, "abort": abort}, "header": header,
+           "mirror": mirror});
+    if let Some(a) = answer {
+        out["answer"] = a;
+    }
+    if let Some(level) = d.mirror_level() {
+        out["mirrorHeader"] = json!(level);
+    }
+    out
+}
+
+/// The rule's mirroring for this request: decided by the filter on the sticky key (which mirrors), or left
+/// to Envoy per request (each mirror with its share).
+fn mirror_json(
+    rule: &ksit_policy::spec::HttpRule,
+    d: &ksit_policy::Decision<'_, '_>,
+) -> Option<Value> {
+    let policies = rule.mirror_policies();
+    if policies.is_empty() || rule.answers().is_some() {
+        return None;
+    }
+    let pct = |ppm: u32| f64::from(ppm) / 10_000.0;
+    match d.mirror {
+        Some(m) => {
+            let to: Vec<String> = policies
+                .iter()
+                .filter(|(_, p)| m.roll < *p)
+                .map(|(dest, _)| dest.key())
+                .collect();
+            Some(
+                json!({"by": "filter", "to": to, "roll": pct(m.roll), "key": key_name(m.key),
+                        "level": m.level}),
+            )
+        }
+        None => {
+            let each: Vec<Value> = policies
+                .iter()
+                .map(|(dest, p)| json!({"destination": dest.key(), "percentage": pct(*p)}))
+                .collect();
+            Some(json!({"by": "envoy", "policies": each}))
+        }
+    }
 }
 
 /// The decision in words.
@@ -259,6 +318,25 @@ pub fn human(req: &ExplainRequest, cluster: Option<&str>, v: &Value) -> String {
         other => format!("http[{other}] (unnamed)"),
     };
     out.push_str(&format!("rule        {route}\n"));
+    if let Some(n) = v["routeName"]
+        .as_str()
+        .filter(|n| !n.is_empty() && *n != route)
+    {
+        out.push_str(&format!(
+            "route name  {n}  (as Istio names the Envoy route)\n"
+        ));
+    }
+    if let Some(a) = v.get("answer") {
+        let what = if let Some(r) = a.get("redirect") {
+            format!("redirect {r}")
+        } else {
+            format!("direct response {}", a["directResponse"])
+        };
+        out.push_str(&format!(
+            "answer      {what}  (by the VirtualService's route; the filter writes no destination)\n"
+        ));
+        return out;
+    }
     let d = &v["destination"];
     let p = &v["pick"];
     let why = match p["by"].as_str() {
@@ -340,5 +418,44 @@ pub fn human(req: &ExplainRequest, cluster: Option<&str>, v: &Value) -> String {
         format!("HTTP {}", ab["httpStatus"])
     };
     out.push_str(&fault("abort", ab, status));
+    let m = &v["mirror"];
+    match m["by"].as_str() {
+        Some("filter") => {
+            let to: Vec<&str> = m["to"]
+                .as_array()
+                .map(|t| t.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let sticky = format!(
+                "sticky: rolled {:.4}% ({})",
+                m["roll"].as_f64().unwrap_or(0.0),
+                m["key"].as_str().unwrap_or("")
+            );
+            out.push_str(&if to.is_empty() {
+                format!("mirror      not mirrored ({sticky})\n")
+            } else {
+                format!(
+                    "mirror      to {} ({sticky}; x-ksit-mirror: {})\n",
+                    to.join(", "),
+                    m["level"]
+                )
+            });
+        }
+        Some("envoy") => out.push_str(&format!(
+            "mirror      decided by Envoy per request: {}\n",
+            m["policies"]
+                .as_array()
+                .map(|p| p
+                    .iter()
+                    .map(|x| format!(
+                        "{} {}%",
+                        x["destination"].as_str().unwrap_or(""),
+                        x["percentage"]
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        )),
+        _ => {}
+    }
     out
 }

@@ -4,7 +4,7 @@ use crate::desired::{Cluster, Hub, HubObject, ResourceKind};
 use crate::error::Error;
 use crate::manifests::is_hub_only;
 use crate::resources::{BindingPolicy, Integration, IntegrationTarget, TrafficPolicy};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -209,6 +209,37 @@ impl HubReader {
                 labels: t.spec.labels.clone(),
             })
             .collect();
+        // Template properties (KubeStellar's expand-templates): a cluster's annotations and its ConfigMap in
+        // customization-properties. A hub without that namespace (or without access to it) has none.
+        let config_maps =
+            Api::<ConfigMap>::namespaced(c.clone(), crate::template::PROPERTIES_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+        for t in &targets {
+            let entries = config_maps
+                .iter()
+                .find(|cm| cm.name_any() == t.spec.cluster_name)
+                .map(|cm| {
+                    let data = cm
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone()));
+                    let binary = cm
+                        .binary_data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()));
+                    data.chain(binary).collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            state.hub.cluster_properties.insert(
+                t.spec.cluster_name.clone(),
+                crate::template::extra_properties(t.metadata.annotations.iter().flatten(), entries),
+            );
+        }
         state.hub.namespace_labels = namespaces
             .iter()
             .map(|n| (n.name_any(), n.labels().clone()))

@@ -20,3 +20,4 @@ pub mod plan;
 pub mod resources;
 pub mod server;
 pub mod status;
+pub mod template;

@@ -88,8 +88,8 @@ struct ExplainArgs {
     /// `text` (default) or `json`.
     #[arg(short = 'o', long = "output", default_value = "text")]
     output: String,
-    /// Read requests from a JSON-lines file (`method`, `path`, `authority`, `headers`); write one JSON
-    /// decision per line.
+    /// Read requests from a JSON-lines file (`method`, `path`, `authority`, `headers`), or from standard
+    /// input with `-`; write one JSON decision per line.
     #[arg(long)]
     requests: Option<PathBuf>,
 }
@@ -120,8 +120,7 @@ fn explain(a: &ExplainArgs) -> anyhow::Result<()> {
                 .join(", ")
         ),
     };
-    let (engine, notes) =
-        explain::engine_for(doc, a.cluster.as_deref(), a.stable_by_default_route)?;
+    let x = explain::engine_for(doc, a.cluster.as_deref(), a.stable_by_default_route)?;
     let default_authority = doc.value["spec"]["hosts"]
         .as_array()
         .and_then(|h| {
@@ -136,22 +135,31 @@ fn explain(a: &ExplainArgs) -> anyhow::Result<()> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(7);
     if let Some(path) = &a.requests {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let mut req: explain::ExplainRequest = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        let stdin = path.as_os_str() == "-";
+        let shown = if stdin {
+            "standard input".to_string()
+        } else {
+            path.display().to_string()
+        };
+        let input: Box<dyn std::io::BufRead> = if stdin {
+            Box::new(std::io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+            Box::new(std::io::BufReader::new(f))
+        };
+        // Line by line, so a long stream is answered as it comes.
+        for (i, line) in std::io::BufRead::lines(input).enumerate() {
+            let line = line.map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut req: explain::ExplainRequest = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("{shown}:{}: {e}", i + 1))?;
             if req.authority.is_empty() {
                 req.authority = default_authority.clone();
             }
-            println!(
-                "{}",
-                explain::decide(&engine, &req, entropy.wrapping_add(i as u64))
-            );
+            let v = explain::decide(&x, &req, entropy.wrapping_add(i as u64));
+            emit(&format!("{v}\n"));
         }
         return Ok(());
     }
@@ -168,16 +176,35 @@ fn explain(a: &ExplainArgs) -> anyhow::Result<()> {
         req.headers
             .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
-    let v = explain::decide(&engine, &req, entropy);
+    let v = explain::decide(&x, &req, entropy);
     if a.output == "json" {
-        println!("{v}");
+        emit(&format!("{v}\n"));
     } else {
-        print!("{}", explain::human(&req, a.cluster.as_deref(), &v));
-        for n in notes {
-            println!("note        {n}");
+        let mut text = explain::human(&req, a.cluster.as_deref(), &v);
+        for n in &x.notes {
+            text.push_str(&format!("note        {n}\n"));
         }
+        emit(&text);
     }
     Ok(())
+}
+
+/// Writes to standard output. When the reader has gone (`ksit explain ... | head -1`), the command ends
+/// quietly with status 0, as a reader that stops early means it has what it wanted; any other write error
+/// ends it with status 1.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn main() -> ExitCode {
@@ -185,7 +212,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds => {
-            print!("{}", resources::crds_yaml());
+            emit(&resources::crds_yaml());
             Ok(())
         }
         Command::Render { files, out, module } => render(&files, &out, &module),
@@ -197,12 +224,12 @@ fn main() -> ExitCode {
         } => match ksit_controller::analyze::analyze(&files, &schemas) {
             Ok(findings) => {
                 if output == "json" {
-                    println!(
-                        "{}",
+                    emit(&format!(
+                        "{}\n",
                         serde_json::to_string_pretty(&findings).unwrap_or_default()
-                    );
+                    ));
                 } else {
-                    print!("{}", ksit_controller::analyze::human(&findings));
+                    emit(&ksit_controller::analyze::human(&findings));
                 }
                 if findings
                     .iter()
@@ -237,19 +264,24 @@ fn render(files: &[PathBuf], out: &std::path::Path, module: &ModuleArgs) -> anyh
     for (cluster, cd) in &d.clusters {
         let path = out.join(format!("{cluster}.yaml"));
         if cd.objects.is_empty() {
-            println!("{cluster}: bound by no BindingPolicy, nothing to render");
+            emit(&format!(
+                "{cluster}: bound by no BindingPolicy, nothing to render\n"
+            ));
             let _ = std::fs::remove_file(&path);
             continue;
         }
         std::fs::write(&path, desired::to_yaml(&cd.objects))?;
-        println!(
-            "{cluster}: {} object(s) -> {}",
+        emit(&format!(
+            "{cluster}: {} object(s) -> {}\n",
             cd.objects.len(),
             path.display()
-        );
+        ));
     }
     for n in &d.notes {
-        println!("warning: {}: {}: {}", n.cluster, n.object, n.message);
+        emit(&format!(
+            "warning: {}: {}: {}\n",
+            n.cluster, n.object, n.message
+        ));
     }
     Ok(())
 }

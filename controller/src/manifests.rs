@@ -174,6 +174,22 @@ pub fn hub_from_documents(docs: &[Document]) -> anyhow::Result<Hub> {
         match (group.as_str(), kind.as_str()) {
             ("ksit.io", "IntegrationTarget") => {
                 let t: IntegrationTarget = parse(d)?;
+                let config_map = docs
+                    .iter()
+                    .find(|c| {
+                        c.kind() == "ConfigMap"
+                            && c.namespace() == Some(crate::template::PROPERTIES_NAMESPACE)
+                            && c.name() == t.spec.cluster_name
+                    })
+                    .map(|c| crate::template::config_map_entries(&c.value))
+                    .unwrap_or_default();
+                hub.cluster_properties.insert(
+                    t.spec.cluster_name.clone(),
+                    crate::template::extra_properties(
+                        t.metadata.annotations.iter().flatten(),
+                        config_map,
+                    ),
+                );
                 hub.clusters.push(Cluster {
                     name: t.spec.cluster_name.clone(),
                     labels: t.spec.labels.clone(),

@@ -124,7 +124,8 @@ pub struct BindingPolicySpec {
     /// ORed clauses selecting the hub objects to send; the tests inside one clause are ANDed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downsync: Vec<DownsyncClause>,
-    /// KubeStellar: whether to report the object's state from a single cluster (accepted, not used).
+    /// KubeStellar: whether to report the object's state from a single cluster. Accepted, not implemented
+    /// (`ksit analyze`: KSIT043).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub want_singleton_reported_state: Option<bool>,
 }
@@ -194,12 +195,24 @@ pub struct DownsyncClause {
     /// Create the object in a cluster if missing, never update it there.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub create_only: bool,
+    /// KubeStellar (older API): status collectors. Accepted, not implemented (`ksit analyze`: KSIT043).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status_collectors: Vec<String>,
+    /// KubeStellar: `{statusCollectors: [...]}`. Accepted, not implemented (`ksit analyze`: KSIT043).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_collection: Option<StatusCollection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub want_singleton_reported_state: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub want_multi_wec_reported_state: Option<bool>,
+}
+
+/// KubeStellar's `StatusCollection`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCollection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_collectors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -105,7 +105,10 @@ pub fn binding_status(v: &View<'_>, b: &BindingPolicy) -> BindingPolicyStatus {
         v.desired
             .notes
             .iter()
-            .filter(|n| n.message.contains(&format!("BindingPolicy {name} ")))
+            .filter(|n| {
+                n.object == format!("BindingPolicy {name}")
+                    || n.message.contains(&format!("BindingPolicy {name} "))
+            })
             .map(|n| format!("{}: {}: {}", n.cluster, n.object, n.message)),
     );
     let (synced_reason, synced_msg) = if bound.is_empty() {

@@ -13,7 +13,9 @@ use crate::hooks::{self, Stage};
 use crate::paused::{Paused, PausedSet};
 use crate::roots::{Registered, Roots};
 use crate::{header_map, host, metrics};
-use ksit_policy::{AbortStatus, ClusterSource, Engine, ProxyCluster, Request, DESTINATION_HEADER};
+use ksit_policy::{
+    AbortStatus, ClusterSource, Engine, ProxyCluster, Request, DESTINATION_HEADER, MIRROR_HEADER,
+};
 use log::{error, info, warn};
 use proxy_wasm::types::{LogLevel, MetricType};
 use std::cell::{Cell, RefCell};
@@ -471,6 +473,18 @@ fn unserved() {
     }
 }
 
+/// A mirror level as the text of `x-ksit-mirror`.
+fn level_digits(mut n: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2);
+    loop {
+        out.insert(0, b'0' + (n % 10) as u8);
+        n /= 10;
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
 fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several: bool) -> u32 {
     let Some(buf) = host::request_headers() else {
         return CONTINUE;
@@ -485,10 +499,12 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
     let destination = req.header(DESTINATION_HEADER.as_bytes());
     let d = root.engine.decide(&req, root.entropy());
     // A destination already on the request is a client's (replaced or removed), unless an earlier ksit
-    // filter in this chain set it.
-    let spoofed = destination.is_some_and(|v| {
-        !(several && host::property(DECIDED_PROPERTY).is_some_and(|set| set == v))
-    });
+    // filter in this chain set it; so is a mirror level.
+    let earlier = several
+        && destination
+            .is_some_and(|v| host::property(DECIDED_PROPERTY).is_some_and(|set| set == v));
+    let spoofed = destination.is_some() && !earlier;
+    let client_mirror = !earlier && req.header(MIRROR_HEADER.as_bytes()).is_some();
     let m = &root.metrics;
     if hooks::stop(Stage::Decided) {
         return CONTINUE;
@@ -502,6 +518,15 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
                 if several {
                     host::set_property(DECIDED_PROPERTY, dest.key.as_bytes());
                 }
+            }
+            match d.mirror_level() {
+                Some(level) => {
+                    host::set_request_header(MIRROR_HEADER, &level_digits(level));
+                }
+                None if client_mirror => {
+                    host::remove_request_header(MIRROR_HEADER);
+                }
+                None => {}
             }
             if hooks::stop(Stage::HeaderSet) {
                 return CONTINUE;
@@ -517,11 +542,15 @@ fn on_request_headers(root: &Root, context_id: u32, num_headers: usize, several:
                 }
             }
         }
+        // No rule matched, or its rule answers the request itself (a redirect or direct response).
         _ => {
             if spoofed {
                 host::remove_request_header(DESTINATION_HEADER);
             }
-            if d.policy.is_some() {
+            if client_mirror {
+                host::remove_request_header(MIRROR_HEADER);
+            }
+            if d.policy.is_some() && d.rule.is_none() {
                 m.unmatched.add();
             }
         }

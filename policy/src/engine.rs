@@ -128,6 +128,13 @@ impl CompiledPolicy {
 pub struct CompiledRule {
     /// The rule's name, or `http[INDEX]` when unnamed.
     pub name: String,
+    /// What its buckets and rolls are hashed under: its name, or for an unnamed rule [`rule_identity`], which
+    /// does not move when other rules are inserted or reordered.
+    pub key: String,
+    /// `redirect` or `directResponse` when the rule answers requests itself (it has no destinations).
+    pub answers: Option<&'static str>,
+    /// Sticky mirroring: the filter decides which mirrors a request gets (see [`MirrorRoll`]).
+    pub mirror: Option<CompiledMirror>,
     /// Index among all rules of the engine (for per-rule tables such as metrics).
     pub id: usize,
     /// Position in its policy's `http` list.
@@ -145,6 +152,94 @@ pub struct CompiledRule {
     /// Destinations the override header may force (all when the rule lists none).
     overridable: Vec<bool>,
     pub fault: Option<CompiledFault>,
+}
+
+/// A rule's sticky mirroring: one roll per request (on the rule's sticky key), compared with each mirror's
+/// share. The mirrors a request gets are those whose share is above its roll, so they nest: a user mirrored
+/// to a 10% mirror is also mirrored to a 50% one.
+#[derive(Debug, Clone)]
+pub struct CompiledMirror {
+    /// The distinct shares (parts per million) of the rule's mirrors, largest first. Level `L` (1-based)
+    /// means the roll is below the first `L` of them.
+    pub thresholds: Vec<u32>,
+}
+
+impl CompiledMirror {
+    fn for_rule(rule: &HttpRule) -> Option<CompiledMirror> {
+        if !rule.sticky_mirror() {
+            return None;
+        }
+        // Distinct, largest first, by insertion (a slice sort costs the module kilobytes; the list is short).
+        let mut thresholds: Vec<u32> = Vec::new();
+        for (_, p) in rule.mirror_policies() {
+            if let Err(at) = thresholds.binary_search_by(|t| p.cmp(t)) {
+                thresholds.insert(at, p);
+            }
+        }
+        Some(CompiledMirror { thresholds })
+    }
+}
+
+/// The hashing key of an unnamed rule: a fixed hash of its matches (without their names) and its
+/// destinations (sorted, without weights), so it stays the same when other rules are inserted or reordered,
+/// and when its weights change; it changes when its matches or destinations do. Name a rule to keep its
+/// users in place through any change.
+pub fn rule_identity(rule: &HttpRule) -> String {
+    let mut h = StableHasher::new();
+    let sm = |h: &mut StableHasher, tag: &[u8], m: &StringMatch| {
+        h.write(tag).sep();
+        for (kind, v) in [(b"e", &m.exact), (b"p", &m.prefix), (b"r", &m.regex)] {
+            if let Some(v) = v {
+                h.write(kind).write(v.as_bytes()).sep();
+            }
+        }
+    };
+    for m in &rule.matches {
+        h.write(b"match").sep();
+        for (tag, v) in [
+            (&b"uri"[..], &m.uri),
+            (b"scheme", &m.scheme),
+            (b"method", &m.method),
+            (b"authority", &m.authority),
+        ] {
+            if let Some(v) = v {
+                sm(&mut h, tag, v);
+            }
+        }
+        for (tag, map) in [
+            (&b"h"[..], &m.headers),
+            (b"wh", &m.without_headers),
+            (b"q", &m.query_params),
+        ] {
+            for (k, v) in map {
+                h.write(tag).write(k.as_bytes()).sep();
+                sm(&mut h, b"v", v);
+            }
+        }
+        if m.ignore_uri_case {
+            h.write(b"icase").sep();
+        }
+    }
+    // The destinations in any order: their hashes are added up (no sort).
+    let dests = rule.route.iter().fold(0u64, |acc, d| {
+        acc.wrapping_add(
+            StableHasher::new()
+                .write(b"dest")
+                .write(d.destination.key().as_bytes())
+                .finish(),
+        )
+    });
+    h.write(&dests.to_le_bytes()).sep();
+    if let Some(a) = rule.answers() {
+        h.write(a.as_bytes()).sep();
+    }
+    let mut out = String::from("~");
+    let v = h.finish();
+    for i in (0..16).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u8;
+        out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -210,14 +305,10 @@ impl Matcher {
                 Matcher::PrefixIgnoreCase(p.to_ascii_lowercase().into_bytes().into())
             }
             (_, Some(p), _) => Matcher::Prefix(p.as_bytes().into()),
-            (_, _, Some(r)) => {
-                let anchored = if ignore_case {
-                    format!("(?i)^(?:{r})$")
-                } else {
-                    format!("^(?:{r})$")
-                };
-                Matcher::Regex(regex_lite::Regex::new(&anchored).map_err(|e| e.to_string())?)
-            }
+            // As in Istio, ignoreUriCase does not apply to a regex (write `(?i)` in it).
+            (_, _, Some(r)) => Matcher::Regex(
+                regex_lite::Regex::new(&format!("^(?:{r})$")).map_err(|e| e.to_string())?,
+            ),
             (None, None, None) => Matcher::Present,
         })
     }
@@ -300,13 +391,14 @@ pub struct AbortSpec {
     pub ppm: u32,
 }
 
+/// A fault's share in parts per million, as Istio gives it to Envoy: `percentage` (truncated to millionths),
+/// else the integer `percent`, else none at all (Istio's `translateFault` makes an unset percentage 0%).
 fn ppm(pct: Option<Percent>, percent: Option<i32>) -> u32 {
-    let v = match (pct, percent) {
-        (Some(p), _) => p.value,
-        (None, Some(i)) => f64::from(i),
-        (None, None) => 100.0,
-    };
-    (v.clamp(0.0, 100.0) * f64::from(ROLL_SPACE) / 100.0).round() as u32
+    match (pct, percent) {
+        (Some(_), _) => crate::spec::percent_ppm(pct, 0),
+        (None, Some(i)) => i.clamp(0, 100).unsigned_abs() * (ROLL_SPACE / 100),
+        (None, None) => 0,
+    }
 }
 
 /// Where a canary bucket's key came from.
@@ -341,6 +433,17 @@ pub struct Roll<T> {
     pub applied: bool,
 }
 
+/// A request's sticky mirroring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorRoll {
+    /// How many of the rule's mirror thresholds the roll is below (0: no mirror); the filter writes it to
+    /// `x-ksit-mirror` when above 0.
+    pub level: u32,
+    /// The roll in `0..1_000_000`.
+    pub roll: u32,
+    pub key: KeyKind,
+}
+
 /// What to do with one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Decision<'e, 'r> {
@@ -352,6 +455,8 @@ pub struct Decision<'e, 'r> {
     pub sticky_key: Option<&'r [u8]>,
     pub delay: Option<Roll<DelaySpec>>,
     pub abort: Option<Roll<AbortSpec>>,
+    /// For a rule with sticky mirroring.
+    pub mirror: Option<MirrorRoll>,
 }
 
 impl<'e, 'r> Decision<'e, 'r> {
@@ -364,7 +469,13 @@ impl<'e, 'r> Decision<'e, 'r> {
             sticky_key: None,
             delay: None,
             abort: None,
+            mirror: None,
         }
+    }
+
+    /// The value the filter writes to `x-ksit-mirror` (a level above 0), if any.
+    pub fn mirror_level(&self) -> Option<u32> {
+        self.mirror.map(|m| m.level).filter(|l| *l > 0)
     }
     pub fn matched(&self) -> bool {
         self.rule.is_some()
@@ -510,6 +621,10 @@ impl Engine {
             .name
             .clone()
             .unwrap_or_else(|| format!("http[{index}]"));
+        let key = match &rule.name {
+            Some(n) => n.clone(),
+            None => rule_identity(rule),
+        };
         let mut matches = Vec::with_capacity(rule.matches.len());
         for m in &rule.matches {
             let opt = |sm: &Option<StringMatch>, ic: bool| {
@@ -575,6 +690,9 @@ impl Engine {
         self.rule_count += 1;
         Ok(CompiledRule {
             name,
+            key,
+            answers: rule.answers(),
+            mirror: CompiledMirror::for_rule(rule),
             id,
             index,
             named: rule.name.is_some(),
@@ -667,6 +785,7 @@ impl Engine {
         }
         if self.header_for_stable
             || !d.stable()
+            || d.mirror_level().is_some()
             || req.header(DESTINATION_HEADER.as_bytes()).is_some()
         {
             return true;
@@ -735,11 +854,34 @@ impl Engine {
             policy: Some(policy),
             rule: Some(rule),
             destination,
-            pick: Some(pick),
+            pick: destination.map(|_| pick),
             sticky_key,
             delay: None,
             abort: None,
+            mirror: None,
         };
+        if let (Some(m), Some(_)) = (&rule.mirror, destination) {
+            let (roll, key) = match (sticky_key, request_id) {
+                (Some(k), _) => (
+                    slot(b"ksit-mirror", rule.key.as_bytes(), k, ROLL_SPACE),
+                    KeyKind::Sticky,
+                ),
+                (None, Some(id)) => (
+                    slot(b"ksit-mirror", rule.key.as_bytes(), id, ROLL_SPACE),
+                    KeyKind::RequestId,
+                ),
+                (None, None) => (
+                    (StableHasher::new()
+                        .write(b"ksit-mirror")
+                        .write(&entropy.to_le_bytes())
+                        .finish()
+                        % u64::from(ROLL_SPACE)) as u32,
+                    KeyKind::Random,
+                ),
+            };
+            let level = m.thresholds.iter().take_while(|t| roll < **t).count() as u32;
+            d.mirror = Some(MirrorRoll { level, roll, key });
+        }
         if let (Some(f), Some(dest)) = (&rule.fault, destination) {
             if f.in_scope(req, dest) {
                 let fault_key = f.sticky.as_ref().and_then(|s| s.read(req));
@@ -749,7 +891,7 @@ impl Engine {
                     (None, None) => (None, KeyKind::Random),
                 };
                 let roll = |salt: &[u8]| match key {
-                    Some(k) => slot(salt, rule.name.as_bytes(), k, ROLL_SPACE),
+                    Some(k) => slot(salt, rule.key.as_bytes(), k, ROLL_SPACE),
                     None => {
                         (StableHasher::new()
                             .write(salt)
@@ -788,6 +930,12 @@ impl CompiledRule {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
     }
 
+    /// Which of the rule's `match` entries `req` meets first (`None` for a rule without matches, or when it
+    /// does not match): its name goes into the route name Istio gives Envoy (`RULE.MATCH`).
+    pub fn matched_entry(&self, req: &Request<'_>) -> Option<usize> {
+        self.matches.iter().position(|m| m.matches(req))
+    }
+
     /// Each destination's bucket range `[start, end)` out of 10,000.
     pub fn bucket_ranges(&self) -> Vec<(u32, u32)> {
         let mut start = 0;
@@ -822,11 +970,11 @@ impl CompiledRule {
         }
         let (bucket, key) = match (sticky, request_id) {
             (Some(k), _) => (
-                slot(b"ksit-canary", self.name.as_bytes(), k, BUCKETS),
+                slot(b"ksit-canary", self.key.as_bytes(), k, BUCKETS),
                 KeyKind::Sticky,
             ),
             (None, Some(id)) => (
-                slot(b"ksit-canary", self.name.as_bytes(), id, BUCKETS),
+                slot(b"ksit-canary", self.key.as_bytes(), id, BUCKETS),
                 KeyKind::RequestId,
             ),
             (None, None) => ((entropy % u64::from(BUCKETS)) as u32, KeyKind::Random),

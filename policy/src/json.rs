@@ -172,6 +172,15 @@ impl<'a> Reader<'a> {
 
     // ---- the syntax check (serde_json's `ignore_value`) ----
 
+    /// Skips an object (any content), or fails as a struct reader does on another type.
+    pub fn skip_object(&mut self, expected: &str) -> Result<(), JsonError> {
+        match self.ws() {
+            Some(b'{') => self.skip_value(),
+            None => Err(self.peek_error(EOF_VALUE)),
+            Some(_) => Err(self.invalid_type(expected)),
+        }
+    }
+
     fn skip_value(&mut self) -> Result<(), JsonError> {
         // The open containers below the current one, and the current one.
         let mut outer: Vec<u8> = Vec::new();

@@ -18,13 +18,14 @@ pub mod validate;
 
 pub use config::{NamedPolicy, PluginConfig};
 pub use engine::{
-    resolve_cluster, AbortStatus, ClusterSource, Decision, Engine, KeyKind, Pick, ProxyCluster,
+    resolve_cluster, AbortStatus, ClusterSource, Decision, Engine, KeyKind, MirrorRoll, Pick,
+    ProxyCluster,
 };
 pub use error::{ConfigError, FieldError};
 pub use field_map::FieldMap;
 pub use request::Request;
 pub use spec::TrafficPolicySpec;
-pub use validate::{validate_spec, DESTINATION_HEADER};
+pub use validate::{validate_spec, DESTINATION_HEADER, MIRROR_HEADER};
 
 /// JSON schema of TrafficPolicy `spec`, generated from the Rust types.
 pub fn spec_json_schema() -> serde_json::Value {

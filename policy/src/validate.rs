@@ -1,12 +1,19 @@
 //! Validation of a TrafficPolicy spec: every problem, each with its field path.
 
-use crate::duration::parse_duration_nanos;
+use crate::duration::parse_istio_duration;
 use crate::error::FieldError;
 use crate::spec::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The header the filter writes; users may not configure it as an input.
 pub const DESTINATION_HEADER: &str = "x-ksit-destination";
+
+/// The header the filter writes for a rule whose mirroring follows its sticky key: the mirror level, which
+/// the rendered VirtualService's routes match (see `docs/trafficpolicy.md`).
+pub const MIRROR_HEADER: &str = "x-ksit-mirror";
+
+/// The longest regex Istio accepts (it stands in for Envoy's RE2 program size limit).
+const MAX_REGEX_LEN: usize = 1024;
 
 /// Checks `spec` and returns every problem, with paths starting at `prefix` (e.g. `spec`).
 pub fn validate_spec(spec: &TrafficPolicySpec, prefix: &str) -> Vec<FieldError> {
@@ -25,6 +32,10 @@ struct RuleParts<'a> {
     route: (&'a [HttpRouteDestination], String),
     canary: (Option<&'a Canary>, String),
     fault: (Option<&'a Fault>, String),
+    /// The base rule's `redirect` or `directResponse`, if it answers requests itself (then it routes none).
+    answers: Option<&'static str>,
+    /// The base rule delegates (refused, reported once for the base rule).
+    delegates: bool,
 }
 
 impl Validator {
@@ -76,16 +87,15 @@ impl Validator {
                     );
                 }
             }
-            if let Some(t) = &rule.timeout {
-                if let Err(m) = parse_duration_nanos(t) {
-                    self.err(format!("{rp}.timeout"), m);
-                }
-            }
+            #[cfg(not(target_arch = "wasm32"))]
+            self.carried(rule, &rp);
             self.rule(&RuleParts {
                 matches: (&rule.matches, format!("{rp}.match")),
                 route: (&rule.route, format!("{rp}.route")),
                 canary: (rule.canary.as_ref(), format!("{rp}.canary")),
                 fault: (rule.fault.as_ref(), format!("{rp}.fault")),
+                answers: rule.answers(),
+                delegates: rule.delegate.is_some(),
             });
         }
         for (i, ov) in spec.overrides.iter().enumerate() {
@@ -150,6 +160,8 @@ impl Validator {
                         Some(f) => (Some(f), format!("{pp}.fault")),
                         None => (base.fault.as_ref(), format!("{bp}.fault")),
                     },
+                    answers: base.answers(),
+                    delegates: base.delegate.is_some(),
                 };
                 // Problems already reported against the base rule are not repeated for the override.
                 let mut sub = Validator { errors: Vec::new() };
@@ -169,38 +181,37 @@ impl Validator {
             self.match_request(m, &format!("{mp}[{i}]"));
         }
         let (route, rp) = (&r.route.0, &r.route.1);
-        if route.is_empty() {
-            self.err(rp.clone(), "must have at least one destination");
+        match r.answers {
+            Some(a) if !route.is_empty() => self.err(
+                rp.clone(),
+                format!("a rule with a {a} routes nowhere: remove route (Istio: a route cannot contain both route and {a})"),
+            ),
+            Some(_) => {}
+            None if route.is_empty() && !r.delegates => self.err(
+                rp.clone(),
+                "must have at least one destination (or the rule needs a redirect or directResponse)",
+            ),
+            None => {}
+        }
+        if let Some(a) = r.answers {
+            if let (Some(_), cp) = (r.canary.0, &r.canary.1) {
+                self.err(
+                    cp.clone(),
+                    format!("a rule with a {a} has no destinations to choose between"),
+                );
+            }
+            if let (Some(_), fp) = (r.fault.0, &r.fault.1) {
+                self.err(
+                    fp.clone(),
+                    format!("Istio injects no fault on a rule with a {a}: remove fault"),
+                );
+            }
         }
         let mut keys = BTreeSet::new();
         let mut total: i64 = 0;
         for (i, d) in route.iter().enumerate() {
             let dp = format!("{rp}[{i}]");
-            let host = &d.destination.host;
-            if host.is_empty() {
-                self.err(format!("{dp}.destination.host"), "must not be empty");
-            } else if host.contains('|') || host.contains(char::is_whitespace) {
-                self.err(
-                    format!("{dp}.destination.host"),
-                    "must not contain '|' or spaces",
-                );
-            }
-            if let Some(s) = &d.destination.subset {
-                if s.is_empty() || s.contains('|') || s.contains(char::is_whitespace) {
-                    self.err(
-                        format!("{dp}.destination.subset"),
-                        "must be a non-empty name without '|' or spaces",
-                    );
-                }
-            }
-            if let Some(port) = &d.destination.port {
-                if port.number == 0 || port.number > 65535 {
-                    self.err(
-                        format!("{dp}.destination.port.number"),
-                        "must be between 1 and 65535",
-                    );
-                }
-            }
+            self.destination(&d.destination, &format!("{dp}.destination"));
             if !keys.insert(d.destination.key()) {
                 self.err(
                     format!("{dp}.destination"),
@@ -267,13 +278,7 @@ impl Validator {
                     self.err(format!("{dp}.fixedDelay"), "is required")
                 }
                 None => {}
-                Some(t) => match parse_duration_nanos(t) {
-                    Err(m) => self.err(format!("{dp}.fixedDelay"), m),
-                    Ok(n) if n < 1_000_000 => {
-                        self.err(format!("{dp}.fixedDelay"), "must be at least 1ms")
-                    }
-                    Ok(_) => {}
-                },
+                Some(t) => self.duration(t, &format!("{dp}.fixedDelay")),
             }
             self.percentage(d.percentage, d.percent, &dp);
         }
@@ -338,6 +343,11 @@ impl Validator {
         if let Some(v) = pct {
             if !(0.0..=100.0).contains(&v.value) || v.value.is_nan() {
                 self.err(format!("{p}.percentage.value"), "must be between 0 and 100");
+            } else if v.value > 0.0 && v.value < 0.0001 {
+                self.err(
+                    format!("{p}.percentage.value"),
+                    "must be 0 or at least 0.0001 (Envoy counts in millionths)",
+                );
             }
         }
         if let Some(v) = percent {
@@ -373,6 +383,35 @@ impl Validator {
     }
 
     fn match_request(&mut self, m: &HttpMatchRequest, p: &str) {
+        let proxy_only =
+            "it chooses which proxies apply the rule, not which requests match it, and the \
+             filter only sees requests; select the workloads with selector or targetRefs";
+        if m.port.is_some() {
+            self.err(
+                format!("{p}.port"),
+                "not supported: it chooses the listener the rule applies to, which the filter cannot see; \
+                 select the workloads with selector or targetRefs",
+            );
+        }
+        if !m.source_labels.is_empty() {
+            self.err(
+                format!("{p}.sourceLabels"),
+                format!("not supported: {proxy_only}"),
+            );
+        }
+        if m.source_namespace.is_some() {
+            self.err(
+                format!("{p}.sourceNamespace"),
+                format!("not supported: {proxy_only}"),
+            );
+        }
+        if !m.gateways.is_empty() {
+            self.err(
+                format!("{p}.gateways"),
+                "not supported: it chooses the gateways the rule applies to; use spec.gateways and \
+                 select the gateway workloads with selector or targetRefs",
+            );
+        }
         for (field, sm) in [
             ("uri", &m.uri),
             ("scheme", &m.scheme),
@@ -381,6 +420,10 @@ impl Validator {
         ] {
             if let Some(sm) = sm {
                 self.string_match(sm, &format!("{p}.{field}"), false);
+                if field != "uri" && sm.prefix.as_deref() == Some("") {
+                    // Istio: an empty prefix is allowed for uri only.
+                    self.err(format!("{p}.{field}.prefix"), "must not be empty");
+                }
             }
         }
         for (field, map) in [
@@ -432,15 +475,563 @@ impl Validator {
         if set > 1 || (set == 0 && !presence_ok) {
             self.err(p.to_string(), "set exactly one of exact, prefix, regex");
         }
+        if m.prefix.as_deref() == Some("") && presence_ok {
+            // Istio: an empty prefix is allowed for uri only (headers, query parameters: use `{}`).
+            self.err(
+                format!("{p}.prefix"),
+                "must not be empty (an empty match `{}` asks for presence)",
+            );
+        }
         if let Some(r) = &m.regex {
-            if let Err(e) = regex_lite::Regex::new(r) {
+            self.regex(r, &format!("{p}.regex"));
+        }
+    }
+
+    fn regex(&mut self, r: &str, p: &str) {
+        if r.is_empty() {
+            self.err(p.to_string(), "must not be empty");
+        } else if r.len() > MAX_REGEX_LEN {
+            self.err(
+                p.to_string(),
+                format!(
+                    "regex is {} characters long; Istio accepts at most {MAX_REGEX_LEN}",
+                    r.len()
+                ),
+            );
+        } else if let Err(e) = regex_lite::Regex::new(r) {
+            self.err(
+                p.to_string(),
+                format!("invalid regex {r:?}: {}", first_line(&e.to_string())),
+            );
+        }
+    }
+
+    fn duration(&mut self, d: &str, p: &str) {
+        if let Err(m) = parse_istio_duration(d) {
+            self.err(p.to_string(), m);
+        }
+    }
+
+    /// A destination as Istio checks it (route, mirror): a host, a DNS-label subset, a port.
+    fn destination(&mut self, d: &Destination, p: &str) {
+        let host = &d.host;
+        if host.is_empty() {
+            self.err(format!("{p}.host"), "must not be empty");
+        } else if host == "*" {
+            self.err(format!("{p}.host"), "\"*\" is not a destination host");
+        } else if host.contains('|') || host.contains(char::is_whitespace) {
+            self.err(format!("{p}.host"), "must not contain '|' or spaces");
+        }
+        if let Some(s) = &d.subset {
+            if !is_dns_label(s) {
                 self.err(
-                    format!("{p}.regex"),
-                    format!("invalid regex {r:?}: {}", first_line(&e.to_string())),
+                    format!("{p}.subset"),
+                    format!("{s:?} is not a valid subset name (a DNS label: lower-case letters, digits and '-', at most 63)"),
+                );
+            }
+        }
+        if let Some(port) = &d.port {
+            if port.number == 0 || port.number > 65535 {
+                self.err(format!("{p}.port.number"), "must be between 1 and 65535");
+            }
+        }
+    }
+}
+
+/// Checks of what only the VirtualService uses (the filter skips those fields, so its Wasm build leaves the
+/// checks out; the controller, `ksit analyze` and the native engine run them).
+#[cfg(not(target_arch = "wasm32"))]
+impl Validator {
+    /// The fields ksit carries to the VirtualService, with Istio's checks.
+    fn carried(&mut self, r: &HttpRule, rp: &str) {
+        if let Some(t) = &r.timeout {
+            self.duration(t, &format!("{rp}.timeout"));
+        }
+        if let Some(x) = &r.retries {
+            self.retries(x, &format!("{rp}.retries"));
+        }
+        if let Some(x) = &r.rewrite {
+            let p = format!("{rp}.rewrite");
+            if r.redirect.is_some() {
+                self.err(
+                    p.clone(),
+                    "a rule with a redirect cannot also rewrite (Istio)",
+                );
+            } else if r.direct_response.is_some() {
+                self.err(
+                    p.clone(),
+                    "a rule with a directResponse cannot also rewrite (Istio)",
+                );
+            }
+            self.rewrite(x, &p);
+        }
+        if r.delegate.is_some() {
+            self.err(
+                format!("{rp}.delegate"),
+                "not supported: the filter decides every request on the rules of this policy, so the rules \
+                 of a delegate VirtualService would never be decided; copy them into this policy's http list",
+            );
+        }
+        if let Some(x) = &r.redirect {
+            let p = format!("{rp}.redirect");
+            if r.direct_response.is_some() {
+                self.err(
+                    p.clone(),
+                    "set redirect or directResponse, not both (Istio)",
+                );
+            }
+            self.redirect(x, &r.matches, &p);
+        }
+        if let Some(x) = &r.direct_response {
+            self.direct_response(x, &format!("{rp}.directResponse"));
+        }
+        for (field, v) in [
+            ("mirrorPercent", r.mirror_percent),
+            ("mirror_percent", r.mirror_percent_snake),
+        ] {
+            if v.is_some() {
+                self.err(
+                    format!("{rp}.{field}"),
+                    "deprecated by Istio and not accepted: use mirrorPercentage: {value: N}",
+                );
+            }
+        }
+        if let Some(m) = &r.mirror {
+            self.destination(m, &format!("{rp}.mirror"));
+            if !r.mirrors.is_empty() {
+                self.err(
+                    format!("{rp}.mirrors"),
+                    "set mirror or mirrors, not both (Istio)",
+                );
+            }
+        }
+        if r.mirror_percentage.is_some() && r.mirror.is_none() {
+            self.err(
+                format!("{rp}.mirrorPercentage"),
+                "has no effect without mirror (each of mirrors has its own percentage)",
+            );
+        }
+        self.mirror_percentage(r.mirror_percentage, &format!("{rp}.mirrorPercentage"));
+        for (i, m) in r.mirrors.iter().enumerate() {
+            let p = format!("{rp}.mirrors[{i}]");
+            self.destination(&m.destination, &format!("{p}.destination"));
+            self.mirror_percentage(m.percentage, &format!("{p}.percentage"));
+        }
+        if let Some(c) = &r.cors_policy {
+            self.cors(c, &format!("{rp}.corsPolicy"));
+        }
+        if let Some(h) = &r.headers {
+            self.headers(h, &format!("{rp}.headers"));
+        }
+        for (i, d) in r.route.iter().enumerate() {
+            if let Some(h) = &d.headers {
+                self.headers(h, &format!("{rp}.route[{i}].headers"));
+            }
+        }
+        // Istio: the authority is rewritten in one place only.
+        let authority_sets = r
+            .headers
+            .iter()
+            .filter_map(|h| h.request.as_ref())
+            .flat_map(|o| o.set.iter().chain(o.add.iter()))
+            .filter(|(k, _)| is_authority(k))
+            .count()
+            + usize::from(r.rewrite.as_ref().is_some_and(|w| w.authority.is_some()));
+        if authority_sets > 1 {
+            self.err(
+                format!("{rp}.headers.request"),
+                "the authority is set more than once (rewrite.authority and headers :authority/host): keep one",
+            );
+        }
+    }
+
+    fn mirror_percentage(&mut self, p: Option<Percent>, at: &str) {
+        if let Some(v) = p {
+            if !(0.0..=100.0).contains(&v.value) || v.value.is_nan() {
+                self.err(format!("{at}.value"), "must be between 0 and 100");
+            }
+        }
+    }
+
+    fn retries(&mut self, x: &HttpRetry, p: &str) {
+        let attempts = x.attempts.unwrap_or(0);
+        if attempts < 0 {
+            self.err(format!("{p}.attempts"), "must be >= 0");
+        }
+        if attempts == 0
+            && (x.per_try_timeout.is_some()
+                || x.retry_on.is_some()
+                || x.retry_remote_localities.is_some())
+        {
+            self.err(
+                format!("{p}.attempts"),
+                "is 0 (retries disabled) while perTryTimeout, retryOn or retryRemoteLocalities is set: set attempts (Istio)",
+            );
+        }
+        if let Some(t) = &x.per_try_timeout {
+            self.duration(t, &format!("{p}.perTryTimeout"));
+        }
+        if let Some(t) = &x.backoff {
+            self.duration(t, &format!("{p}.backoff"));
+        }
+        if let Some(on) = &x.retry_on {
+            for policy in on.split(',') {
+                let status = policy
+                    .parse::<i64>()
+                    .ok()
+                    .is_some_and(|n| u16::try_from(n).is_ok_and(known_http_status));
+                if !status && !RETRY_ON.contains(&policy) {
+                    self.err(
+                        format!("{p}.retryOn"),
+                        format!(
+                            "{policy:?} is not a retry condition Envoy knows (one of {}, or an HTTP status)",
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn rewrite(&mut self, x: &HttpRewrite, p: &str) {
+        if x.uri.is_some() && x.uri_regex_rewrite.is_some() {
+            self.err(
+                p.to_string(),
+                "set uri or uriRegexRewrite, not both (Istio)",
+            );
+        }
+        if x.uri.as_deref().unwrap_or("").is_empty()
+            && x.uri_regex_rewrite.is_none()
+            && x.authority.as_deref().unwrap_or("").is_empty()
+        {
+            self.err(
+                p.to_string(),
+                "set at least one of uri, uriRegexRewrite or authority",
+            );
+        }
+        if let Some(r) = &x.uri_regex_rewrite {
+            let rp = format!("{p}.uriRegexRewrite");
+            match (&r.match_, &r.rewrite) {
+                (Some(m), Some(w)) if !m.is_empty() && !w.is_empty() => {
+                    self.regex(m, &format!("{rp}.match"))
+                }
+                _ => self.err(rp, "set both match and rewrite (Istio)"),
+            }
+        }
+    }
+
+    fn redirect(&mut self, x: &HttpRedirect, matches: &[HttpMatchRequest], p: &str) {
+        if x.uri.is_some() && x.prefix_rewrite.is_some() {
+            self.err(p.to_string(), "set uri or prefixRewrite, not both (Istio)");
+        }
+        if x.prefix_rewrite.is_some()
+            && matches
+                .iter()
+                .any(|m| m.uri.as_ref().is_some_and(|u| u.prefix.is_none()))
+        {
+            self.err(
+                format!("{p}.prefixRewrite"),
+                "needs every uri match of the rule to be a prefix match (Istio)",
+            );
+        }
+        let empty = |v: &Option<String>| v.as_deref().unwrap_or("").is_empty();
+        if empty(&x.uri)
+            && empty(&x.prefix_rewrite)
+            && empty(&x.authority)
+            && empty(&x.scheme)
+            && x.port.is_none()
+            && x.derive_port.is_none()
+        {
+            self.err(
+                p.to_string(),
+                "set at least one of uri, prefixRewrite, authority, scheme, port or derivePort",
+            );
+        }
+        if let Some(c) = x.redirect_code {
+            if ![301, 302, 303, 307, 308].contains(&c) {
+                self.err(
+                    format!("{p}.redirectCode"),
+                    "must be 301, 302, 303, 307 or 308 (the codes Istio can give Envoy)",
+                );
+            }
+        }
+        if let Some(s) = &x.scheme {
+            if s != "http" && s != "https" {
+                self.err(format!("{p}.scheme"), "must be http or https");
+            }
+        }
+        if let Some(port) = x.port {
+            if port == 0 || port > 65535 {
+                self.err(format!("{p}.port"), "must be between 1 and 65535");
+            }
+            if x.derive_port.is_some() {
+                self.err(p.to_string(), "set port or derivePort, not both (Istio)");
+            }
+        }
+        if let Some(d) = &x.derive_port {
+            if d != "FROM_PROTOCOL_DEFAULT" && d != "FROM_REQUEST_PORT" {
+                self.err(
+                    format!("{p}.derivePort"),
+                    "must be FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT",
                 );
             }
         }
     }
+
+    fn direct_response(&mut self, x: &HttpDirectResponse, p: &str) {
+        if !(200..=599).contains(&x.status) {
+            self.err(
+                format!("{p}.status"),
+                "must be an HTTP status between 200 and 599",
+            );
+        }
+        let Some(b) = &x.body else { return };
+        let bp = format!("{p}.body");
+        let size = match (&b.string, &b.bytes) {
+            (Some(_), Some(_)) => {
+                self.err(bp.clone(), "set string or bytes, not both");
+                0
+            }
+            (Some(s), None) => s.len(),
+            (None, Some(s)) => match base64_len(s) {
+                Some(n) => n,
+                None => {
+                    self.err(format!("{bp}.bytes"), "must be base64");
+                    0
+                }
+            },
+            (None, None) => 0,
+        };
+        if size > 1024 * 1024 {
+            self.err(bp, "must be at most 1MB (Istio)");
+        }
+    }
+
+    fn cors(&mut self, c: &CorsPolicy, p: &str) {
+        for (i, o) in c.allow_origins.iter().enumerate() {
+            let op = format!("{p}.allowOrigins[{i}]");
+            let set = [&o.exact, &o.prefix, &o.regex]
+                .iter()
+                .filter(|v| v.as_deref().is_some_and(|s| !s.is_empty()))
+                .count();
+            if set != 1
+                || [&o.exact, &o.prefix, &o.regex]
+                    .iter()
+                    .filter(|v| v.is_some())
+                    .count()
+                    != 1
+            {
+                self.err(
+                    op.clone(),
+                    "set exactly one of exact, prefix, regex, not empty",
+                );
+            }
+            if let Some(r) = &o.regex {
+                self.regex(r, &format!("{op}.regex"));
+            }
+        }
+        for (i, m) in c.allow_methods.iter().enumerate() {
+            if !CORS_METHODS.contains(&m.as_str()) {
+                self.err(
+                    format!("{p}.allowMethods[{i}]"),
+                    format!(
+                        "{m:?} is not an HTTP method Istio accepts here ({})",
+                        CORS_METHODS.join(", ")
+                    ),
+                );
+            }
+        }
+        for (field, list) in [
+            ("allowHeaders", &c.allow_headers),
+            ("exposeHeaders", &c.expose_headers),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                if h != "*" && (h.is_empty() || !h.bytes().all(is_tchar)) {
+                    self.err(
+                        format!("{p}.{field}[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    );
+                }
+            }
+        }
+        if let Some(a) = &c.max_age {
+            match parse_istio_duration(a) {
+                Err(m) => self.err(format!("{p}.maxAge"), m),
+                Ok(n) if n % 1_000_000_000 != 0 => self.err(
+                    format!("{p}.maxAge"),
+                    "whole seconds only (a preflight's max age is given to browsers in seconds)",
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some(u) = &c.unmatched_preflights {
+            if !["UNSPECIFIED", "FORWARD", "IGNORE"].contains(&u.as_str()) {
+                self.err(
+                    format!("{p}.unmatchedPreflights"),
+                    "must be UNSPECIFIED, FORWARD or IGNORE",
+                );
+            }
+        }
+    }
+
+    /// Istio `Headers`: which names each operation may touch, and values Envoy can format.
+    fn headers(&mut self, h: &Headers, p: &str) {
+        for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+            let Some(ops) = ops else { continue };
+            let sp = format!("{p}.{side}");
+            for (op, map) in [("set", &ops.set), ("add", &ops.add)] {
+                for (name, value) in map {
+                    let np = format!("{sp}.{op}.{name}");
+                    if name.is_empty() {
+                        self.err(np.clone(), "header name must not be empty");
+                    } else if side == "request" && is_authority(name) {
+                        // Istio turns it into an authority rewrite.
+                    } else if name.starts_with(':') {
+                        self.err(np.clone(), "pseudo-headers (':') cannot be changed");
+                    } else if name.eq_ignore_ascii_case("host") {
+                        self.err(
+                            np.clone(),
+                            "the Host header cannot be changed in a response",
+                        );
+                    }
+                    if let Err(m) = check_header_value(value) {
+                        self.err(np, m);
+                    }
+                }
+            }
+            for (i, name) in ops.remove.iter().enumerate() {
+                let np = format!("{sp}.remove[{i}]");
+                if name.is_empty() {
+                    self.err(np, "header name must not be empty");
+                } else if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+                    self.err(np, format!("{name:?} cannot be removed"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// Envoy's retry conditions (`x-envoy-retry-on` and `x-envoy-retry-grpc-on`), as Istio lists them.
+const RETRY_ON: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+#[cfg(not(target_arch = "wasm32"))]
+/// The methods Istio accepts in `corsPolicy.allowMethods`.
+const CORS_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
+];
+
+#[cfg(not(target_arch = "wasm32"))]
+/// The HTTP statuses with a standard name (what Istio accepts as a `retryOn` status).
+fn known_http_status(s: u16) -> bool {
+    matches!(s, 100..=103 | 200..=208 | 226 | 300..=305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=508 | 510 | 511)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
+}
+
+/// A DNS-1123 label: what Istio takes as a subset name.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// The decoded length of base64 text (standard or URL-safe alphabet, padding optional), or `None`.
+fn base64_len(s: &str) -> Option<usize> {
+    let body = s.trim_end_matches('=');
+    if s.len() - body.len() > 2
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/-_".contains(&b))
+        || body.len() % 4 == 1
+    {
+        return None;
+    }
+    Some(body.len() * 3 / 4)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// A header value as Envoy's header formatter takes it (Istio checks the same): no control characters but
+/// tab, and every `%` either doubled (`%%`) or opening a `%VARIABLE%` / `%VARIABLE(args)%` that is closed.
+pub fn check_header_value(v: &str) -> Result<(), String> {
+    if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("header values must not contain control characters".into());
+    }
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        match b.get(i + 1) {
+            None => return Err(format!("{v:?}: a lone '%' (write %% for a percent sign)")),
+            Some(b'%') => {
+                i += 2;
+                continue;
+            }
+            Some(_) => {}
+        }
+        // A variable: its name runs to the closing '%', or to '(' for arguments.
+        let mut j = i + 1;
+        while j < b.len() && b[j] != b'%' && b[j] != b'(' {
+            j += 1;
+        }
+        if j < b.len() && b[j] == b'(' {
+            // Arguments: a JSON-ish list of strings (quotes may hide ')'), then ')' and '%'.
+            let mut in_string = false;
+            j += 1;
+            while j < b.len() {
+                match (in_string, b[j]) {
+                    (true, b'\\') => j += 1,
+                    (true, b'"') => in_string = false,
+                    (false, b'"') => in_string = true,
+                    (false, b')') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            j += 1;
+            while j < b.len() && b[j] == b' ' {
+                j += 1;
+            }
+        }
+        if j >= b.len() || b[j] != b'%' {
+            return Err(format!("{v:?}: the variable opened by '%' at {i} is not closed with '%' (write %% for a percent sign)"));
+        }
+        i = j + 1;
+    }
+    Ok(())
 }
 
 fn first_line(s: &str) -> String {

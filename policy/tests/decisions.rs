@@ -372,8 +372,7 @@ fn fault_scopes() {
         "fault limited to the canary destination"
     );
     // Cluster scope: only where the engine runs in a listed cluster.
-    s["http"][0]["fault"] =
-        json!({"abort": {"grpcStatus": "UNAVAILABLE"}, "when": {"clusters": ["cluster2"]}});
+    s["http"][0]["fault"] = json!({"abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 100}}, "when": {"clusters": ["cluster2"]}});
     let mut cfg = s.clone();
     cfg["cluster"] = json!("cluster1");
     let e1 = engine(cfg.clone());

@@ -99,8 +99,25 @@ fn full_spec() -> Value {
         "canary": {"allowedOverrides": ["a|v2"]}, "fault": {}}]}]);
     let rule = &mut spec["http"][0];
     rule["timeout"] = json!("1s");
-    rule["retries"] = json!({"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx"});
-    rule["rewrite"] = json!({"uri": "/v2", "authority": "b"});
+    rule["retries"] = json!({"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx",
+        "retryRemoteLocalities": true, "retryIgnorePreviousHosts": false, "backoff": "25ms"});
+    rule["rewrite"] = json!({"uri": "/v2", "authority": "b",
+        "uriRegexRewrite": {"match": "^/a(.*)", "rewrite": "/b\\1"}});
+    rule["redirect"] = json!({"uri": "/r", "authority": "a", "port": 8443, "derivePort": "FROM_REQUEST_PORT",
+        "scheme": "https", "redirectCode": 302, "prefixRewrite": "/p"});
+    rule["directResponse"] = json!({"status": 503, "body": {"string": "s", "bytes": "YQ=="}});
+    rule["delegate"] = json!({"name": "d", "namespace": "n"});
+    rule["mirror"] = json!({"host": "m", "subset": "v1", "port": {"number": 80}});
+    rule["mirrors"] = json!([{"destination": {"host": "m2"}, "percentage": {"value": 5}}]);
+    rule["mirrorPercentage"] = json!({"value": 10.5});
+    rule["mirrorPercent"] = json!(10);
+    rule["mirror_percent"] = json!(10);
+    rule["corsPolicy"] = json!({"allowOrigins": [{"exact": "https://a"}], "allowOrigin": ["https://b"],
+        "allowMethods": ["GET"], "allowHeaders": ["x-a"], "exposeHeaders": ["x-b"], "maxAge": "24h",
+        "allowCredentials": true, "unmatchedPreflights": "IGNORE"});
+    let ops = json!({"set": {"x-a": "1"}, "add": {"x-b": "2"}, "remove": ["x-c"]});
+    rule["headers"] = json!({"request": ops, "response": ops});
+    rule["route"][0]["headers"] = json!({"request": ops});
     rule["canary"]["allowedOverrides"] = json!(["api-service-v2"]);
     rule["fault"]["delay"]["exponentialDelay"] = json!("1s");
     rule["fault"]["delay"]["percent"] = json!(5);
@@ -113,7 +130,8 @@ fn full_spec() -> Value {
     rule["canary"]["stickyBy"]["queryParam"] = json!("q");
     rule["match"][0] = json!({"name": "m", "uri": {"prefix": "/api"}, "scheme": {"exact": "http"},
         "method": {"exact": "GET"}, "authority": {"regex": "a.*"}, "headers": {"x-a": {"exact": "1"}, "x-b": {}},
-        "withoutHeaders": {"x-c": {"prefix": "z"}}, "queryParams": {"q": {"regex": "[0-9]+"}}, "ignoreUriCase": true});
+        "withoutHeaders": {"x-c": {"prefix": "z"}}, "queryParams": {"q": {"regex": "[0-9]+"}}, "ignoreUriCase": true,
+        "port": 80, "sourceLabels": {"app": "a"}, "gateways": ["g"], "sourceNamespace": "ns", "statPrefix": "sp"});
     spec
 }
 
@@ -585,29 +603,36 @@ fn sticky_by() -> impl Strategy<Value = StickyBy> {
     })
 }
 
-fn match_request() -> impl Strategy<Value = HttpMatchRequest> {
-    (
+fn match_request() -> BoxedStrategy<HttpMatchRequest> {
+    let proxy = (
+        opt(any::<u32>()),
+        field_map(text()),
+        list(text()),
         opt(text()),
-        opt(string_match()),
-        opt(string_match()),
-        opt(string_match()),
-        opt(string_match()),
+        opt(text()),
+    );
+    (
+        (
+            opt(text()),
+            opt(string_match()),
+            opt(string_match()),
+            opt(string_match()),
+            opt(string_match()),
+        ),
         field_map(string_match()),
         field_map(string_match()),
         field_map(string_match()),
         any::<bool>(),
+        proxy,
     )
         .prop_map(
             |(
-                name,
-                uri,
-                scheme,
-                method,
-                authority,
+                (name, uri, scheme, method, authority),
                 headers,
                 without_headers,
                 query_params,
                 ignore_uri_case,
+                (port, source_labels, gateways, source_namespace, stat_prefix),
             )| {
                 HttpMatchRequest {
                     name,
@@ -619,39 +644,61 @@ fn match_request() -> impl Strategy<Value = HttpMatchRequest> {
                     without_headers,
                     query_params,
                     ignore_uri_case,
+                    port,
+                    source_labels,
+                    gateways,
+                    source_namespace,
+                    stat_prefix,
                 }
             },
         )
+        .boxed()
 }
 
-fn route_destination() -> impl Strategy<Value = HttpRouteDestination> {
-    (text(), opt(text()), opt(any::<u32>()), opt(any::<i32>())).prop_map(
-        |(host, subset, port, weight)| HttpRouteDestination {
-            destination: Destination {
-                host,
-                subset,
-                port: port.map(|number| PortSelector { number }),
-            },
+fn header_operations() -> impl Strategy<Value = HeaderOperations> {
+    (field_map(text()), field_map(text()), list(text()))
+        .prop_map(|(set, add, remove)| HeaderOperations { set, add, remove })
+}
+
+fn headers() -> BoxedStrategy<Headers> {
+    (opt(header_operations()), opt(header_operations()))
+        .prop_map(|(request, response)| Headers { request, response })
+        .boxed()
+}
+
+fn destination() -> impl Strategy<Value = Destination> {
+    (text(), opt(text()), opt(any::<u32>())).prop_map(|(host, subset, port)| Destination {
+        host,
+        subset,
+        port: port.map(|number| PortSelector { number }),
+    })
+}
+
+fn route_destination() -> BoxedStrategy<HttpRouteDestination> {
+    (destination(), opt(any::<i32>()), opt(headers()))
+        .prop_map(|(destination, weight, headers)| HttpRouteDestination {
+            destination,
             weight,
-        },
-    )
+            headers,
+        })
+        .boxed()
 }
 
-fn canary() -> impl Strategy<Value = Canary> {
-    (opt(sticky_by()), opt(text()), list(text())).prop_map(
-        |(sticky_by, override_header, allowed_overrides)| Canary {
+fn canary() -> BoxedStrategy<Canary> {
+    (opt(sticky_by()), opt(text()), list(text()))
+        .prop_map(|(sticky_by, override_header, allowed_overrides)| Canary {
             sticky_by,
             override_header,
             allowed_overrides,
-        },
-    )
+        })
+        .boxed()
 }
 
 fn percent() -> impl Strategy<Value = Percent> {
     number_f64().prop_map(|value| Percent { value })
 }
 
-fn fault() -> impl Strategy<Value = Fault> {
+fn fault() -> BoxedStrategy<Fault> {
     let delay = (opt(text()), opt(text()), opt(percent()), opt(any::<i32>())).prop_map(
         |(fixed_delay, exponential_delay, percentage, percent)| Delay {
             fixed_delay,
@@ -683,26 +730,130 @@ fn fault() -> impl Strategy<Value = Fault> {
             clusters,
         },
     );
-    (opt(delay), opt(abort), opt(when), opt(sticky_by())).prop_map(
-        |(delay, abort, when, sticky_by)| Fault {
+    (opt(delay), opt(abort), opt(when), opt(sticky_by()))
+        .prop_map(|(delay, abort, when, sticky_by)| Fault {
             delay,
             abort,
             when,
             sticky_by,
-        },
-    )
+        })
+        .boxed()
 }
 
-fn rule() -> impl Strategy<Value = HttpRule> {
-    let retries = (opt(any::<i32>()), opt(text()), opt(text())).prop_map(
-        |(attempts, per_try_timeout, retry_on)| HttpRetry {
-            attempts,
-            per_try_timeout,
-            retry_on,
+fn carried() -> BoxedStrategy<HttpRule> {
+    let redirect = (
+        (opt(text()), opt(text()), opt(any::<u32>()), opt(text())),
+        (opt(text()), opt(any::<u32>()), opt(text())),
+    )
+        .prop_map(
+            |((uri, authority, port, derive_port), (scheme, redirect_code, prefix_rewrite))| {
+                HttpRedirect {
+                    uri,
+                    authority,
+                    port,
+                    derive_port,
+                    scheme,
+                    redirect_code,
+                    prefix_rewrite,
+                }
+            },
+        );
+    let body = (opt(text()), opt(text())).prop_map(|(string, bytes)| HttpBody { string, bytes });
+    let direct =
+        (any::<u32>(), opt(body)).prop_map(|(status, body)| HttpDirectResponse { status, body });
+    let delegate =
+        (opt(text()), opt(text())).prop_map(|(name, namespace)| Delegate { name, namespace });
+    let mirror_policy =
+        (destination(), opt(percent())).prop_map(|(destination, percentage)| HttpMirrorPolicy {
+            destination,
+            percentage,
+        });
+    let cors = (
+        (
+            list(string_match()),
+            list(text()),
+            list(text()),
+            list(text()),
+        ),
+        (list(text()), opt(text()), opt(any::<bool>()), opt(text())),
+    )
+        .prop_map(
+            |(
+                (allow_origins, allow_origin, allow_methods, allow_headers),
+                (expose_headers, max_age, allow_credentials, unmatched_preflights),
+            )| CorsPolicy {
+                allow_origins,
+                allow_origin,
+                allow_methods,
+                allow_headers,
+                expose_headers,
+                max_age,
+                allow_credentials,
+                unmatched_preflights,
+            },
+        );
+    (
+        (opt(redirect), opt(direct), opt(delegate)),
+        (
+            opt(destination()),
+            list(mirror_policy),
+            opt(percent()),
+            opt(any::<u32>()),
+            opt(any::<u32>()),
+        ),
+        opt(cors),
+        opt(headers()),
+    )
+        .prop_map(
+            |(
+                (redirect, direct_response, delegate),
+                (mirror, mirrors, mirror_percentage, mirror_percent, mirror_percent_snake),
+                cors_policy,
+                headers,
+            )| HttpRule {
+                redirect,
+                direct_response,
+                delegate,
+                mirror,
+                mirrors,
+                mirror_percentage,
+                mirror_percent,
+                mirror_percent_snake,
+                cors_policy,
+                headers,
+                ..HttpRule::default()
+            },
+        )
+        .boxed()
+}
+
+fn rule() -> BoxedStrategy<HttpRule> {
+    let retries = (
+        (opt(any::<i32>()), opt(text()), opt(text())),
+        (opt(any::<bool>()), opt(any::<bool>()), opt(text())),
+    )
+        .prop_map(
+            |(
+                (attempts, per_try_timeout, retry_on),
+                (retry_remote_localities, retry_ignore_previous_hosts, backoff),
+            )| HttpRetry {
+                attempts,
+                per_try_timeout,
+                retry_on,
+                retry_remote_localities,
+                retry_ignore_previous_hosts,
+                backoff,
+            },
+        );
+    let regex_rewrite =
+        (opt(text()), opt(text())).prop_map(|(match_, rewrite)| RegexRewrite { match_, rewrite });
+    let rewrite = (opt(text()), opt(text()), opt(regex_rewrite)).prop_map(
+        |(uri, authority, uri_regex_rewrite)| HttpRewrite {
+            uri,
+            authority,
+            uri_regex_rewrite,
         },
     );
-    let rewrite =
-        (opt(text()), opt(text())).prop_map(|(uri, authority)| HttpRewrite { uri, authority });
     (
         opt(text()),
         list(match_request()),
@@ -712,9 +863,10 @@ fn rule() -> impl Strategy<Value = HttpRule> {
         opt(text()),
         opt(retries),
         opt(rewrite),
+        carried(),
     )
         .prop_map(
-            |(name, matches, route, canary, fault, timeout, retries, rewrite)| HttpRule {
+            |(name, matches, route, canary, fault, timeout, retries, rewrite, carried)| HttpRule {
                 name,
                 matches,
                 route,
@@ -723,8 +875,10 @@ fn rule() -> impl Strategy<Value = HttpRule> {
                 timeout,
                 retries,
                 rewrite,
+                ..carried
             },
         )
+        .boxed()
 }
 
 fn spec() -> impl Strategy<Value = TrafficPolicySpec> {
@@ -763,7 +917,11 @@ fn spec() -> impl Strategy<Value = TrafficPolicySpec> {
         list(target),
         list(text()),
         list(text()),
-        prop_oneof![Just(FailStrategy::FailClose), Just(FailStrategy::FailOpen)],
+        prop_oneof![
+            Just(FailStrategy::FailClose),
+            Just(FailStrategy::FailOpen),
+            Just(FailStrategy::FailReload)
+        ],
         list(rule()),
         opt(any::<u32>()),
         list(over),

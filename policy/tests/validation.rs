@@ -206,7 +206,7 @@ fn plugin_config_forms() {
     );
     assert_eq!(
         e,
-        vec!["policies[0].spec.http[0].route: must have at least one destination"]
+        vec!["policies[0].spec.http[0].route: must have at least one destination (or the rule needs a redirect or directResponse)"]
     );
 }
 

@@ -23,6 +23,8 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     count: Arc<AtomicU64>,
+    /// The path (with query) of every request answered, in order.
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,9 +45,19 @@ pub struct Echo {
 async fn answer(
     name: Arc<str>,
     count: Arc<AtomicU64>,
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     count.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut p) = paths.lock() {
+        p.push(
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string(),
+        );
+    }
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -92,7 +104,8 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let count = Arc::new(AtomicU64::new(0));
-        let (n, c): (Arc<str>, _) = (Arc::from(name), count.clone());
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (n, c, ps): (Arc<str>, _, _) = (Arc::from(name), count.clone(), paths.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -100,11 +113,12 @@ impl Backend {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (n, c) = (n.clone(), c.clone());
+                let (n, c, ps) = (n.clone(), c.clone(), ps.clone());
                 // Connections live in the JoinSet, so dropping the backend (aborting this task) closes them.
                 conns.spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req| answer(n.clone(), c.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(n.clone(), c.clone(), ps.clone(), req)
+                    });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
@@ -117,6 +131,7 @@ impl Backend {
             name: name.to_string(),
             addr,
             count,
+            paths,
             task,
         })
     }
@@ -124,6 +139,11 @@ impl Backend {
     /// Requests answered so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The path (with query) of every request answered so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// This backend as the upstream of `destination`.

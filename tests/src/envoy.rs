@@ -286,6 +286,9 @@ pub struct EnvoyConfig {
     /// A VirtualService's spec whose routes replace the header routes (translated by [`crate::istio`], as
     /// istiod would); the `default_destination` still catches what none of them matches.
     pub virtual_service: Option<Value>,
+    /// More VirtualService specs, each its own virtual host for its `hosts` (translated by [`crate::istio`]),
+    /// before the catch-all one; each ends with the `default_destination` route too.
+    pub virtual_services: Vec<Value>,
     /// HTTP filters before the ksit filter, as YAML: each entry one filter (a mapping with `name` and
     /// `typed_config`) or a sequence of them.
     pub extra_http_filters_before: Vec<String>,
@@ -315,6 +318,7 @@ impl EnvoyConfig {
             upstreams,
             default_destination: None,
             virtual_service: None,
+            virtual_services: vec![],
             extra_http_filters_before: vec![],
             extra_http_filters_after: vec![],
             route_timeout: Duration::from_secs(60),
@@ -400,10 +404,30 @@ impl EnvoyConfig {
                 })
                 .collect(),
         };
-        routes.push(match &self.default_destination {
-            Some(d) => json!({"match": {"prefix": "/"}, "route": {"cluster": Self::cluster_name(d), "timeout": timeout}}),
-            None => json!({"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}),
-        });
+        let fallback = match &self.default_destination {
+            Some(d) => {
+                json!({"match": {"prefix": "/"}, "route": {"cluster": Self::cluster_name(d), "timeout": timeout}})
+            }
+            None => {
+                json!({"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}})
+            }
+        };
+        routes.push(fallback.clone());
+        let mut virtual_hosts = Vec::new();
+        for (i, vs) in self.virtual_services.iter().enumerate() {
+            let mut vh_routes = crate::istio::routes(vs, &timeout, Self::cluster_name)?;
+            vh_routes.push(fallback.clone());
+            let domains: Vec<String> = vs["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .flat_map(|h| [h.to_string(), format!("{h}:*")])
+                .collect();
+            virtual_hosts
+                .push(json!({"name": format!("vs-{i}"), "domains": domains, "routes": vh_routes}));
+        }
+        virtual_hosts.push(json!({"name": "all", "domains": ["*"], "routes": routes}));
         let mut filters = Self::extra_filters(&self.extra_http_filters_before, lenient)?;
         if let Some(f) = &self.filter {
             filters.push(f.http_filter());
@@ -412,6 +436,25 @@ impl EnvoyConfig {
             &self.extra_http_filters_after,
             lenient,
         )?);
+        // The filters the routes configure per route (Istio's fault and CORS), before the router.
+        let mut per_route: Vec<&str> = Vec::new();
+        for vs in self.virtual_service.iter().chain(&self.virtual_services) {
+            for f in crate::istio::needs_filters(vs) {
+                if !per_route.contains(&f) {
+                    per_route.push(f);
+                }
+            }
+        }
+        for name in ["envoy.filters.http.fault", "envoy.filters.http.cors"] {
+            if per_route.contains(&name) {
+                let t = if name.ends_with("fault") {
+                    "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+                } else {
+                    "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+                };
+                filters.push(json!({"name": name, "typed_config": {"@type": t}}));
+            }
+        }
         filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
         let clusters: Vec<Value> = self
             .upstreams
@@ -447,7 +490,7 @@ impl EnvoyConfig {
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": LISTENER_NAME,
-                            "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+                            "route_config": {"name": "local", "virtual_hosts": virtual_hosts},
                             "http_filters": filters
                         }
                     }]}]

@@ -1,12 +1,29 @@
-//! What istiod would make of the VirtualServices ksit renders, for an Envoy the tests run without Istio:
-//! each HTTP route of the VirtualService's spec becomes Envoy routes, in order (one per `match` entry,
-//! since an Envoy route has one match), sending to the cluster named by the destination's key (`HOST` or
-//! `HOST|SUBSET`, as [`crate::envoy::Upstream::destination`]).
+//! What istiod would make of a VirtualService, for an Envoy the tests run without Istio: each HTTP route of
+//! the VirtualService's spec becomes Envoy routes, in order (one per `match` entry, since an Envoy route has
+//! one match), sending to the cluster named by the destination's key (`HOST` or `HOST|SUBSET`, as
+//! [`crate::envoy::Upstream::destination`]).
 //!
-//! Only the fields the controller renders are translated; any other field is an error rather than a route
-//! that silently matches more than Istio's would.
+//! Modelled on pilot's route translation (`TranslateRoute`, `TranslateRouteMatch`, `TranslateFault`,
+//! `TranslateCORSPolicy`, `ApplyRedirect`, the retry policy conversion): route names `ROUTE.MATCH`, header
+//! operations, rewrites, redirects, direct responses, mirrors, retries, timeouts, CORS and faults (as the
+//! per-route configuration of Envoy's `fault` and `cors` filters, which [`needs_filters`] reports). A field
+//! it does not know is an error rather than a route that silently differs from Istio's.
 
 use serde_json::{json, Map, Value};
+
+/// The HTTP filters (`envoy.filters.http.fault`, `envoy.filters.http.cors`) the routes of `spec` configure
+/// per route, which must be in the filter chain, in that order before the router.
+pub fn needs_filters(spec: &Value) -> Vec<&'static str> {
+    let http = spec["http"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    if http.iter().any(|r| r.get("fault").is_some()) {
+        out.push("envoy.filters.http.fault");
+    }
+    if http.iter().any(|r| r.get("corsPolicy").is_some()) {
+        out.push("envoy.filters.http.cors");
+    }
+    out
+}
 
 /// Envoy routes for the `http` list of a VirtualService `spec`, each with `timeout` (e.g. `"60s"`) unless
 /// the route sets its own. `cluster` names the Envoy cluster of a destination key.
@@ -28,35 +45,60 @@ pub fn routes(
             anyhow::ensure!(
                 matches!(
                     k.as_str(),
-                    "name" | "match" | "route" | "timeout" | "rewrite"
+                    "name"
+                        | "match"
+                        | "route"
+                        | "timeout"
+                        | "rewrite"
+                        | "retries"
+                        | "redirect"
+                        | "directResponse"
+                        | "mirror"
+                        | "mirrorPercentage"
+                        | "mirrors"
+                        | "corsPolicy"
+                        | "headers"
+                        | "fault"
                 ),
                 "{}: not translated by this test harness",
                 at(k)
             );
         }
-        let dests = r["route"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let [d] = dests else {
-            anyhow::bail!(
-                "{}: ksit renders one destination per route, found {}",
-                at("route"),
-                dests.len()
-            );
-        };
-        let host = d["destination"]["host"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("{}: no host", at("route[0].destination")))?;
-        let key = match d["destination"]["subset"].as_str() {
-            Some(s) => format!("{host}|{s}"),
-            None => host.to_string(),
-        };
-        let mut action = Map::new();
-        action.insert("cluster".into(), json!(cluster(&key)));
-        action.insert(
-            "timeout".into(),
-            json!(r["timeout"].as_str().unwrap_or(timeout)),
-        );
-        if let Some(p) = r["rewrite"]["uri"].as_str() {
-            action.insert("prefix_rewrite".into(), json!(p));
+        let mut base = Map::new();
+        let mut authority = None;
+        if let Some(h) = r.get("headers") {
+            authority = headers(h, &mut base);
+        }
+        if let Some(redirect) = r.get("redirect") {
+            base.insert("redirect".into(), redirect_action(redirect)?);
+        } else if let Some(d) = r.get("directResponse") {
+            let mut body = Map::new();
+            if let Some(s) = d["body"]["string"].as_str() {
+                body.insert("inline_string".into(), json!(s));
+            } else if let Some(b) = d["body"]["bytes"].as_str() {
+                body.insert("inline_bytes".into(), json!(b));
+            }
+            let mut dr = json!({"status": d["status"]});
+            if !body.is_empty() {
+                dr["body"] = Value::Object(body);
+            }
+            base.insert("direct_response".into(), dr);
+        } else {
+            let action = route_action(r, timeout, &cluster, authority, &mut base)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", at("route")))?;
+            base.insert("route".into(), action);
+        }
+        let mut per_filter = Map::new();
+        if let Some(f) = r.get("fault") {
+            if let Some(fault) = fault(f) {
+                per_filter.insert("envoy.filters.http.fault".into(), fault);
+            }
+        }
+        if let Some(c) = r.get("corsPolicy") {
+            per_filter.insert("envoy.filters.http.cors".into(), cors(c));
+        }
+        if !per_filter.is_empty() {
+            base.insert("typed_per_filter_config".into(), Value::Object(per_filter));
         }
         let matches = match r["match"].as_array() {
             Some(list) if !list.is_empty() => list.clone(),
@@ -71,10 +113,333 @@ pub fn routes(
             {
                 em.insert("prefix".into(), json!("/"));
             }
-            out.push(json!({"name": r["name"], "match": em, "route": action}));
+            let mut route = base.clone();
+            // As pilot names it: the route's name, then `.MATCH` when the match entry has a name.
+            let mut name = r["name"].as_str().unwrap_or("").to_string();
+            if let Some(n) = m["name"].as_str() {
+                name = format!("{name}.{n}");
+            }
+            route.insert("name".into(), json!(name));
+            if let Some(p) = m["statPrefix"].as_str() {
+                route.insert("stat_prefix".into(), json!(p));
+            }
+            route.insert("match".into(), Value::Object(em));
+            out.push(Value::Object(route));
         }
     }
     Ok(out)
+}
+
+/// Istio `Headers` on a route (or a single destination): header operations, and the authority a `set` or
+/// `add` of `:authority`/`host` rewrites (returned).
+fn headers(h: &Value, out: &mut Map<String, Value>) -> Option<String> {
+    let internal = |k: &str| k.starts_with(':') || k.eq_ignore_ascii_case("host");
+    let mut authority = None;
+    for side in ["request", "response"] {
+        let ops = &h[side];
+        let mut add = out
+            .get(&format!("{side}_headers_to_add"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (op, action) in [
+            ("set", "OVERWRITE_IF_EXISTS_OR_ADD"),
+            ("add", "APPEND_IF_EXISTS_OR_ADD"),
+        ] {
+            for (k, v) in ops[op].as_object().into_iter().flatten() {
+                if side == "request"
+                    && (k.eq_ignore_ascii_case(":authority") || k.eq_ignore_ascii_case("host"))
+                {
+                    authority = v.as_str().map(String::from);
+                }
+                if !internal(k) {
+                    add.push(json!({"header": {"key": k, "value": v}, "append_action": action}));
+                }
+            }
+        }
+        if !add.is_empty() {
+            out.insert(format!("{side}_headers_to_add"), Value::Array(add));
+        }
+        let mut remove = out
+            .get(&format!("{side}_headers_to_remove"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for k in ops["remove"].as_array().into_iter().flatten() {
+            if k.as_str().is_some_and(|k| !internal(k)) {
+                remove.push(k.clone());
+            }
+        }
+        if !remove.is_empty() {
+            out.insert(format!("{side}_headers_to_remove"), Value::Array(remove));
+        }
+    }
+    authority
+}
+
+fn destination_key(d: &Value) -> anyhow::Result<String> {
+    let host = d["host"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("destination without host"))?;
+    Ok(match d["subset"].as_str() {
+        Some(s) => format!("{host}|{s}"),
+        None => host.to_string(),
+    })
+}
+
+/// A Go duration (`250ms`, `1m30s`) as protobuf JSON writes one (seconds: `0.250s`), as istiod hands it to
+/// Envoy.
+fn proto_duration(d: &str) -> String {
+    match ksit_policy::duration::parse_duration_nanos(d) {
+        Ok(n) => format!("{}.{:09}s", n / 1_000_000_000, n % 1_000_000_000),
+        Err(_) => d.to_string(),
+    }
+}
+
+/// A share in Envoy's millionths, as Istio computes it (the value times 10,000, truncated).
+fn millionths(p: &Value) -> Value {
+    let v = p["value"].as_f64().unwrap_or(0.0);
+    json!({"numerator": (v * 10_000.0) as u64, "denominator": "MILLION"})
+}
+
+fn route_action(
+    r: &Value,
+    timeout: &str,
+    cluster: &impl Fn(&str) -> String,
+    mut authority: Option<String>,
+    route: &mut Map<String, Value>,
+) -> anyhow::Result<Value> {
+    let dests = r["route"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut action = Map::new();
+    match dests {
+        [] => anyhow::bail!("no destination"),
+        [d] => {
+            action.insert(
+                "cluster".into(),
+                json!(cluster(&destination_key(&d["destination"])?)),
+            );
+            if let Some(h) = d.get("headers") {
+                let a = headers(h, route);
+                if authority.is_none() {
+                    authority = a;
+                }
+            }
+        }
+        many => {
+            let mut clusters = Vec::new();
+            for d in many {
+                let w = d["weight"].as_u64().unwrap_or(0);
+                if w == 0 {
+                    continue; // pilot leaves out 0-weight destinations
+                }
+                clusters.push(
+                    json!({"name": cluster(&destination_key(&d["destination"])?), "weight": w}),
+                );
+            }
+            action.insert("weighted_clusters".into(), json!({"clusters": clusters}));
+        }
+    }
+    action.insert(
+        "timeout".into(),
+        json!(proto_duration(r["timeout"].as_str().unwrap_or(timeout))),
+    );
+    if let Some(rw) = r.get("rewrite") {
+        if let Some(re) = rw.get("uriRegexRewrite") {
+            action.insert(
+                "regex_rewrite".into(),
+                json!({"pattern": {"regex": re["match"]}, "substitution": re["rewrite"]}),
+            );
+        } else if let Some(p) = rw["uri"].as_str() {
+            action.insert("prefix_rewrite".into(), json!(p));
+        }
+        if let Some(a) = rw["authority"].as_str() {
+            authority = Some(a.to_string());
+        }
+    }
+    if let Some(a) = authority {
+        action.insert("host_rewrite_literal".into(), json!(a));
+    }
+    let mut mirrors = Vec::new();
+    if let Some(m) = r.get("mirror") {
+        let share = r
+            .get("mirrorPercentage")
+            .map(millionths)
+            .unwrap_or(json!({"numerator": 100, "denominator": "HUNDRED"}));
+        mirrors.push((destination_key(m)?, share));
+    }
+    for m in r["mirrors"].as_array().into_iter().flatten() {
+        let share = m
+            .get("percentage")
+            .map(millionths)
+            .unwrap_or(json!({"numerator": 100, "denominator": "HUNDRED"}));
+        mirrors.push((destination_key(&m["destination"])?, share));
+    }
+    let mirrors: Vec<Value> = mirrors
+        .into_iter()
+        .filter(|(_, share)| share["numerator"] != 0)
+        .map(|(k, share)| json!({"cluster": cluster(&k), "runtime_fraction": {"default_value": share}}))
+        .collect();
+    if !mirrors.is_empty() {
+        action.insert("request_mirror_policies".into(), Value::Array(mirrors));
+    }
+    if let Some(rt) = r.get("retries") {
+        action.insert("retry_policy".into(), retry_policy(rt));
+    }
+    Ok(Value::Object(action))
+}
+
+/// Istio's retry conversion: status codes in `retryOn` become retriable status codes.
+fn retry_policy(rt: &Value) -> Value {
+    let on = rt["retryOn"]
+        .as_str()
+        .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
+    let (codes, conditions): (Vec<&str>, Vec<&str>) =
+        on.split(',').partition(|p| p.parse::<u32>().is_ok());
+    let mut conditions = conditions.join(",");
+    if !codes.is_empty() && !conditions.contains("retriable-status-codes") {
+        if !conditions.is_empty() {
+            conditions.push(',');
+        }
+        conditions.push_str("retriable-status-codes");
+    }
+    let mut p =
+        json!({"retry_on": conditions, "num_retries": rt["attempts"].as_u64().unwrap_or(0)});
+    if !codes.is_empty() {
+        p["retriable_status_codes"] = json!(codes
+            .iter()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .collect::<Vec<_>>());
+    }
+    if let Some(t) = rt["perTryTimeout"].as_str() {
+        p["per_try_timeout"] = json!(proto_duration(t));
+    }
+    if let Some(b) = rt["backoff"].as_str() {
+        p["retry_back_off"] = json!({"base_interval": proto_duration(b)});
+    }
+    if rt["retryIgnorePreviousHosts"].as_bool() == Some(true) {
+        p["retry_host_predicate"] = json!([{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]);
+        p["host_selection_retry_max_attempts"] = json!(5);
+    }
+    p
+}
+
+/// Istio's `ApplyRedirect` (the port as given; no listener port to derive from in the harness).
+fn redirect_action(r: &Value) -> anyhow::Result<Value> {
+    let mut a = Map::new();
+    if let Some(h) = r["authority"].as_str() {
+        a.insert("host_redirect".into(), json!(h));
+    }
+    if let Some(p) = r["prefixRewrite"].as_str() {
+        a.insert("prefix_rewrite".into(), json!(p));
+    } else if let Some(u) = r["uri"].as_str() {
+        a.insert("path_redirect".into(), json!(u));
+    }
+    if let Some(s) = r["scheme"].as_str() {
+        a.insert("scheme_redirect".into(), json!(s));
+    }
+    if let Some(p) = r["port"].as_u64() {
+        a.insert("port_redirect".into(), json!(p));
+    }
+    let code = match r["redirectCode"].as_u64().unwrap_or(301) {
+        301 => "MOVED_PERMANENTLY",
+        302 => "FOUND",
+        303 => "SEE_OTHER",
+        307 => "TEMPORARY_REDIRECT",
+        308 => "PERMANENT_REDIRECT",
+        c => anyhow::bail!("redirect code {c} is one Istio cannot give Envoy"),
+    };
+    a.insert("response_code".into(), json!(code));
+    Ok(Value::Object(a))
+}
+
+/// Istio's `TranslateFault`: a delay's share is its `percentage`, else its integer `percent` (0 when unset);
+/// an abort's share is its `percentage`, and absent (0 for Envoy) when unset.
+fn fault(f: &Value) -> Option<Value> {
+    let mut out =
+        json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
+    if let Some(d) = f.get("delay") {
+        if let Some(fixed) = d["fixedDelay"].as_str() {
+            let share = match d.get("percentage") {
+                Some(p) => millionths(p),
+                None => {
+                    json!({"numerator": d["percent"].as_u64().unwrap_or(0), "denominator": "HUNDRED"})
+                }
+            };
+            out["delay"] = json!({"fixed_delay": proto_duration(fixed), "percentage": share});
+        }
+    }
+    if let Some(a) = f.get("abort") {
+        let mut abort = Map::new();
+        if let Some(s) = a["httpStatus"].as_u64() {
+            abort.insert("http_status".into(), json!(s));
+        } else {
+            return None; // gRPC statuses are not used by these tests
+        }
+        if let Some(p) = a.get("percentage") {
+            abort.insert("percentage".into(), millionths(p));
+        }
+        out["abort"] = Value::Object(abort);
+    }
+    (out.get("delay").is_some() || out.get("abort").is_some()).then_some(out)
+}
+
+/// Istio's `TranslateCORSPolicy`.
+fn cors(c: &Value) -> Value {
+    let origins: Vec<Value> = match c["allowOrigins"].as_array() {
+        Some(list) => list
+            .iter()
+            .filter_map(|m| {
+                let (k, v) = string_match(m).ok()?;
+                Some(envoy_string_match(k, v))
+            })
+            .collect(),
+        None => c["allowOrigin"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| json!({"exact": o}))
+            .collect(),
+    };
+    let join = |k: &str| {
+        c[k].as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let mut out = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": origins,
+        "allow_methods": join("allowMethods"),
+        "allow_headers": join("allowHeaders"),
+        "expose_headers": join("exposeHeaders"),
+        "forward_not_matching_preflights": c["unmatchedPreflights"] != "IGNORE",
+    });
+    if let Some(b) = c["allowCredentials"].as_bool() {
+        out["allow_credentials"] = json!(b);
+    }
+    if let Some(a) = c["maxAge"].as_str() {
+        let secs = a
+            .strip_suffix('s')
+            .and_then(|s| s.parse::<u64>().ok())
+            .or_else(|| {
+                a.strip_suffix('m')
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .map(|m| m * 60)
+            })
+            .or_else(|| {
+                a.strip_suffix('h')
+                    .and_then(|h| h.parse::<u64>().ok())
+                    .map(|h| h * 3600)
+            })
+            .unwrap_or(0);
+        out["max_age"] = json!(secs.to_string());
+    }
+    out
 }
 
 /// One Istio `HTTPMatchRequest` as an Envoy `RouteMatch` (without a path matcher when it has no `uri`).
@@ -87,7 +452,7 @@ fn route_match(m: &Value) -> anyhow::Result<Map<String, Value>> {
     let case_sensitive = !m["ignoreUriCase"].as_bool().unwrap_or(false);
     for (k, v) in obj {
         match k.as_str() {
-            "ignoreUriCase" => {}
+            "ignoreUriCase" | "name" | "statPrefix" => {}
             "uri" => {
                 let (kind, val) = string_match(v)?;
                 let key = match kind {
@@ -103,6 +468,7 @@ fn route_match(m: &Value) -> anyhow::Result<Map<String, Value>> {
                         json!(val)
                     },
                 );
+                // As pilot sets it; Envoy applies it to `path` and `prefix`, not to `safe_regex`.
                 if !case_sensitive {
                     em.insert("case_sensitive".into(), json!(false));
                 }
@@ -118,8 +484,12 @@ fn route_match(m: &Value) -> anyhow::Result<Map<String, Value>> {
             "queryParams" => {
                 let mut qs = Vec::new();
                 for (name, sm) in v.as_object().into_iter().flatten() {
-                    let (kind, val) = string_match(sm)?;
-                    qs.push(json!({"name": name, "string_match": envoy_string_match(kind, val)}));
+                    qs.push(match string_match(sm) {
+                        Ok((kind, val)) => {
+                            json!({"name": name, "string_match": envoy_string_match(kind, val)})
+                        }
+                        Err(_) => json!({"name": name, "present_match": true}),
+                    });
                 }
                 em.insert("query_parameters".into(), json!(qs));
             }
@@ -149,11 +519,20 @@ fn envoy_string_match(kind: &str, val: &str) -> Value {
     }
 }
 
+/// A header condition; an empty match (`{}`) asks for presence, as pilot makes it.
 fn header(name: &str, sm: &Value, invert: bool) -> anyhow::Result<Value> {
-    let (kind, val) = string_match(sm)?;
-    let mut h = json!({"name": name, "string_match": envoy_string_match(kind, val)});
+    let mut h = match string_match(sm) {
+        Ok((kind, val)) => json!({"name": name, "string_match": envoy_string_match(kind, val)}),
+        Err(_) if sm.as_object().is_some_and(|o| o.is_empty()) => {
+            json!({"name": name, "present_match": true})
+        }
+        Err(e) => return Err(e),
+    };
     if invert {
         h["invert_match"] = json!(true);
+        if h.get("present_match").is_none() {
+            h["treat_missing_header_as_empty"] = json!(true);
+        }
     }
     Ok(h)
 }
@@ -167,7 +546,7 @@ mod tests {
     fn each_match_entry_is_a_route_in_order() {
         let vs = json!({"http": [
             {"name": "a-v2", "match": [{"uri": {"prefix": "/api"}, "headers": {"x-ksit-destination": {"exact": "v2"}}},
-                                       {"uri": {"exact": "/x"}, "ignoreUriCase": true}],
+                                       {"name": "x", "uri": {"exact": "/x"}, "ignoreUriCase": true}],
              "route": [{"destination": {"host": "api", "subset": "v2"}}]},
             {"name": "a-default", "route": [{"destination": {"host": "api"}}], "timeout": "3s"}]});
         let r = routes(&vs, "60s", |k| format!("c-{k}")).unwrap();
@@ -176,19 +555,62 @@ mod tests {
         assert_eq!(r[0]["match"]["headers"][0]["name"], "x-ksit-destination");
         assert_eq!(r[0]["route"]["cluster"], "c-api|v2");
         assert_eq!(r[1]["match"]["path"], "/x");
+        assert_eq!(r[1]["name"], "a-v2.x");
         assert!(r[1]["match"].get("prefix").is_none(), "{}", r[1]);
         assert_eq!(r[1]["match"]["case_sensitive"], false);
         assert_eq!(r[2]["match"]["prefix"], "/");
-        assert_eq!(r[2]["route"]["timeout"], "3s");
-        assert_eq!(r[0]["route"]["timeout"], "60s");
+        assert_eq!(r[2]["route"]["timeout"], "3.000000000s");
+        assert_eq!(r[0]["route"]["timeout"], "60.000000000s");
+    }
+
+    #[test]
+    fn carried_fields_become_envoy_route_fields() {
+        let vs = json!({"http": [
+            {"name": "r", "headers": {"request": {"set": {"x-a": "1", "host": "h"}}, "response": {"remove": ["server"]}},
+             "rewrite": {"uriRegexRewrite": {"match": "^/a", "rewrite": "/b"}},
+             "mirrors": [{"destination": {"host": "m"}, "percentage": {"value": 0.57}}, {"destination": {"host": "n"}, "percentage": {"value": 0}}],
+             "fault": {"abort": {"httpStatus": 500}}, "corsPolicy": {"allowOrigins": [{"exact": "https://a"}], "maxAge": "2m"},
+             "route": [{"destination": {"host": "api"}}]},
+            {"name": "redir", "redirect": {"uri": "/x", "redirectCode": 308}},
+            {"name": "dr", "directResponse": {"status": 418, "body": {"string": "teapot"}}}]});
+        let r = routes(&vs, "60s", |k| k.to_string()).unwrap();
+        assert_eq!(r[0]["request_headers_to_add"][0]["header"]["key"], "x-a");
+        assert_eq!(
+            r[0]["request_headers_to_add"].as_array().map(Vec::len),
+            Some(1),
+            "host is an authority rewrite"
+        );
+        assert_eq!(r[0]["route"]["host_rewrite_literal"], "h");
+        assert_eq!(r[0]["response_headers_to_remove"], json!(["server"]));
+        assert_eq!(r[0]["route"]["regex_rewrite"]["substitution"], "/b");
+        let mirrors = r[0]["route"]["request_mirror_policies"].as_array().unwrap();
+        assert_eq!(mirrors.len(), 1, "a 0% mirror is left out");
+        assert_eq!(
+            mirrors[0]["runtime_fraction"]["default_value"]["numerator"],
+            5699
+        );
+        let fault = &r[0]["typed_per_filter_config"]["envoy.filters.http.fault"];
+        assert!(
+            fault["abort"].get("percentage").is_none(),
+            "0% for Envoy, as Istio leaves it"
+        );
+        assert_eq!(
+            r[0]["typed_per_filter_config"]["envoy.filters.http.cors"]["max_age"],
+            "120"
+        );
+        assert_eq!(r[1]["redirect"]["response_code"], "PERMANENT_REDIRECT");
+        assert_eq!(r[2]["direct_response"]["body"]["inline_string"], "teapot");
+        assert_eq!(
+            needs_filters(&vs),
+            ["envoy.filters.http.fault", "envoy.filters.http.cors"]
+        );
     }
 
     #[test]
     fn fields_it_cannot_translate_are_errors() {
-        let vs =
-            json!({"http": [{"mirror": {"host": "m"}, "route": [{"destination": {"host": "a"}}]}]});
+        let vs = json!({"http": [{"delegate": {"name": "m"}, "route": [{"destination": {"host": "a"}}]}]});
         let e = routes(&vs, "60s", |k| k.to_string()).unwrap_err();
-        assert!(e.to_string().contains("http[0].mirror"), "{e}");
+        assert!(e.to_string().contains("http[0].delegate"), "{e}");
         let vs = json!({"http": [{"match": [{"sourceLabels": {"a": "b"}}], "route": [{"destination": {"host": "a"}}]}]});
         let e = routes(&vs, "60s", |k| k.to_string()).unwrap_err();
         assert!(e.to_string().contains("sourceLabels"), "{e}");
