@@ -1,9 +1,12 @@
 //! Istio's own judgement of what ksit produces: `istioctl validate` and `istioctl analyze --use-kube=false`
 //! (istioctl built from the pinned istio.io/istio module by tests/kube) on every object `ksit render`
-//! writes for the example, and on the install manifests. Any Error fails the test. The analyzer gets the
-//! Services and the ingress gateway the example routes to (tests/fixtures/example-workloads.yaml), and no
+//! writes for the example and for each HTTPRoute feature (tests/fixtures/httproute), and on the install
+//! manifests. Any Error fails the test. The analyzer gets the Services and the ingress gateway the example
+//! routes to (tests/fixtures/example-workloads.yaml; bookinfo-workloads.yaml for the features), and no
 //! message is suppressed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fixtures;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,6 +97,33 @@ fn istioctl_analyze_finds_nothing_in_what_ksit_renders() {
             text.contains("No validation issues found"),
             "istioctl analyze {} reports:\n{text}",
             cluster.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn istioctl_validate_and_analyze_accept_every_httproute_feature_ksit_renders() {
+    let dir = std::env::temp_dir().join(format!("ksit-istioctl-features-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rendered = fixtures::rendered_fixtures();
+    assert!(rendered.len() >= 10);
+    // The Services and DestinationRules (with the subsets the routes use) of the fixtures' namespace.
+    let bookinfo = repo().join("controller/tests/fixtures/bookinfo-workloads.yaml");
+    for (name, yaml) in rendered {
+        let f = dir.join(format!("{name}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        no_errors(
+            &format!("istioctl validate -f {name}"),
+            istioctl(&["validate", "-f"], std::slice::from_ref(&f)),
+        );
+        let (ok, text) = istioctl(
+            &["analyze", "--use-kube=false", "--all-namespaces"],
+            &[f, bookinfo.clone()],
+        );
+        assert!(
+            ok && !text.contains("Error"),
+            "istioctl analyze {name}:\n{text}"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
