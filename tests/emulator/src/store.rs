@@ -629,7 +629,14 @@ impl Store {
             drop_empty(&k, &mut obj);
         }
         let fields = owned.unwrap_or_else(|| {
-            let mut c = fields::compare(&json!({}), &obj, schema.as_ref());
+            // What the write is compared with: an empty object. A built-in kind's (typed) one already
+            // has its `spec` and `status` structs, so a create does not own them as added maps.
+            let empty = if k.builtin {
+                json!({"spec": {}, "status": {}})
+            } else {
+                json!({})
+            };
+            let mut c = fields::compare(&empty, &obj, schema.as_ref());
             scope(&mut c, false, k.status_subresource);
             c.changed()
         });
@@ -1889,8 +1896,25 @@ fn conflict_error(conflicts: &[(&Managed, FieldPath)], version: &str) -> ApiErro
     ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
 }
 
-/// A namespace carries the `kubernetes.io/metadata.name` label (kube-apiserver's defaulting sets it).
+/// What kube-apiserver's decoding and defaulting do to built-in kinds: a namespace carries the
+/// `kubernetes.io/metadata.name` label; a Secret's `stringData` is merged into `data` (base64) and its
+/// `type` defaults to `Opaque`.
 fn builtin_defaults(k: &Kind, obj: &mut Value, name: &str) {
+    if k.builtin && k.group.is_empty() && k.plural == "secrets" {
+        if let Some(o) = obj.as_object_mut() {
+            if let Some(Value::Object(strings)) = o.remove("stringData") {
+                let data = o.entry("data").or_insert_with(|| json!({}));
+                if !data.is_object() {
+                    *data = json!({});
+                }
+                for (key, v) in strings {
+                    let text = v.as_str().unwrap_or_default().as_bytes().to_vec();
+                    data[key] = json!(base64(&text));
+                }
+            }
+            o.entry("type").or_insert_with(|| json!("Opaque"));
+        }
+    }
     if k.builtin && k.group.is_empty() && k.plural == "namespaces" {
         let m = meta_mut(obj);
         let labels = m.entry("labels").or_insert_with(|| json!({}));
@@ -1899,6 +1923,24 @@ fn builtin_defaults(k: &Kind, obj: &mut Value, name: &str) {
         }
         labels["kubernetes.io/metadata.name"] = json!(name);
     }
+}
+
+/// Standard base64 with padding (a Secret's data).
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                char::from(T[((n >> (18 - 6 * i)) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
 }
 
 /// What a real server does not serialize: empty maps and lists of metadata (and of a ConfigMap's or
