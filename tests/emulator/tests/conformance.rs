@@ -40,6 +40,10 @@ const NAMESPACE_DELETION: Known = Known {
     name: "Deleting a namespace completes at once",
 };
 
+const PAST_LISTS: Known = Known {
+    name: "Lists are of the current objects",
+};
+
 const NS: &str = "conformance";
 
 /// The test's own kind: defaults (scalar, nested, object), CEL rules (one a transition rule), a keyed list,
@@ -505,7 +509,11 @@ impl Diff {
                 "SAME, but a difference was expected"
             }
         };
-        let _ = writeln!(self.transcript, "[{verdict}] {name}: {what}");
+        let _ = writeln!(
+            self.transcript,
+            "[{verdict}] {name}: {what} -> {}",
+            out[1].status
+        );
         if let Some(k) = known {
             let _ = writeln!(self.transcript, "    ({})", k.name);
         }
@@ -659,12 +667,21 @@ async fn the_emulator_answers_like_a_real_api_server() {
         steps: 0,
         known_seen: Vec::new(),
     };
-    // Setup, not compared: the same CRDs on both, through the API, each Established before use.
+    // Setup, not compared: the same CRDs on both, through the API, each Established before use: the
+    // test's own, Istio's VirtualService, and ksit's and KubeStellar's as `ksit crds` generates them.
+    let ksit_crds = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../manifests/crds.yaml"
+    ))
+    .expect("manifests/crds.yaml");
     for kc in [emulator.kubeconfig(), real.kubeconfig(None)] {
         let c = ksit_kube::Client::new(&kc).await.unwrap();
-        c.apply_yaml(&format!("{WIDGET_CRD}\n---\n{vs_crd}"), "conformance-setup")
-            .await
-            .unwrap();
+        c.apply_yaml(
+            &format!("{WIDGET_CRD}\n---\n{vs_crd}\n---\n{ksit_crds}"),
+            "conformance-setup",
+        )
+        .await
+        .unwrap();
     }
     eprintln!(
         "conformance: real server started in {:.1} s, CRDs in {:.1} s",
@@ -676,6 +693,7 @@ async fn the_emulator_answers_like_a_real_api_server() {
     server_side_apply(&mut d).await;
     custom_resources(&mut d).await;
     istio_virtual_service(&mut d).await;
+    ksit_kinds(&mut d).await;
     watches(&mut d, &emulator).await;
 
     d.step(
@@ -752,14 +770,16 @@ async fn core_objects_and_selectors(d: &mut Diff) {
         ),
     )
     .await;
-    d.step(
-        "create in a missing namespace: 404",
-        post(
-            "/api/v1/namespaces/nowhere/configmaps?fieldManager=conformance",
-            cm("x", json!({}), json!({})),
-        ),
-    )
-    .await;
+    let a = d
+        .step(
+            "create in a missing namespace: 404",
+            post(
+                "/api/v1/namespaces/nowhere/configmaps?fieldManager=conformance",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+            ),
+        )
+        .await;
+    d.expect_real("missing namespace", a.real().status == 404, "404");
     for (name, labels) in [
         ("a", json!({"suite": "sel", "app": "web", "tier": "front"})),
         ("b", json!({"suite": "sel", "app": "web", "tier": "back"})),
@@ -918,6 +938,57 @@ async fn core_objects_and_selectors(d: &mut Diff) {
         get(format!("{cms}?labelSelector=suite%3Dsel")),
     )
     .await;
+    let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+    d.step(
+        "create a Secret with stringData",
+        post(
+            format!("{secrets}?fieldManager=conformance"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                   "stringData": {"kubeconfig": "apiVersion: v1"}, "data": {"other": "eA=="}}),
+        ),
+    )
+    .await;
+    d.step("get the Secret", get(format!("{secrets}/s"))).await;
+    d.step(
+        "list Secrets by type",
+        get(format!("{secrets}?fieldSelector={}", enc("type=Opaque"))),
+    )
+    .await;
+    // Leader election as the controller does it: create a Lease, then replace it naming its version.
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
+    let a = d
+        .step(
+            "create a Lease",
+            post(
+                format!("{leases}?fieldManager=conformance"),
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"},
+                       "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+                                "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z"}}),
+            ),
+        )
+        .await;
+    d.save("lease_rv", &a, "/metadata/resourceVersion");
+    d.step(
+        "renew it with its resourceVersion",
+        put(
+            format!("{leases}/leader?fieldManager=conformance"),
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "leader", "resourceVersion": "${lease_rv}"},
+                   "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+                            "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:05.000000Z"}}),
+        ),
+    )
+    .await;
+    d.step(
+        "take it over with the old resourceVersion: 409",
+        put(
+            format!("{leases}/leader?fieldManager=conformance"),
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "leader", "resourceVersion": "${lease_rv}"},
+                   "spec": {"holderIdentity": "b", "leaseDurationSeconds": 15}}),
+        ),
+    )
+    .await;
     d.step(
         "get an unknown resource: 404",
         get(format!("/api/v1/namespaces/{NS}/gizmos/x")),
@@ -1052,21 +1123,25 @@ async fn server_side_apply(d: &mut Diff) {
         ),
     )
     .await;
-    d.step(
-        "apply without a field manager: 400",
-        with_body(
-            "PATCH",
-            "application/apply-patch+yaml",
-            path.clone(),
-            obj(json!({}), json!({})),
-        ),
-    )
-    .await;
-    d.step(
-        "apply with a name that is not the URL's: 400",
-        apply(&path, "alpha", false, cm("other", json!({}), json!({}))),
-    )
-    .await;
+    let a = d
+        .step(
+            "apply without a field manager: 422",
+            with_body(
+                "PATCH",
+                "application/apply-patch+yaml",
+                path.clone(),
+                obj(json!({}), json!({})),
+            ),
+        )
+        .await;
+    d.expect_real("no field manager", a.real().status == 422, "422");
+    let a = d
+        .step(
+            "apply with a name that is not the URL's: 400",
+            apply(&path, "alpha", false, cm("other", json!({}), json!({}))),
+        )
+        .await;
+    d.expect_real("name mismatch", a.real().status == 400, "400");
     d.step("get", get(path.clone())).await;
 }
 
@@ -1282,18 +1357,21 @@ async fn custom_resources(d: &mut Diff) {
         apply(&p, "alpha", false, widget("ports", json!({"size": 1}))),
     )
     .await;
+    // A real server cannot type an apply configuration with a field its schema lacks: 500, Strict or not.
+    let a = d
+        .step(
+            "apply with an unknown field: 500",
+            apply(
+                &p,
+                "alpha",
+                false,
+                widget("ports", json!({"size": 1, "bogus": true})),
+            ),
+        )
+        .await;
+    d.expect_real("apply unknown", a.real().status == 500, "500");
     d.step(
-        "apply with unknown fields: pruned, with warnings",
-        apply(
-            &p,
-            "alpha",
-            false,
-            widget("ports", json!({"size": 1, "bogus": true})),
-        ),
-    )
-    .await;
-    d.step(
-        "apply with unknown fields under fieldValidation=Strict: 400",
+        "apply with an unknown field under fieldValidation=Strict: 500 too",
         apply(
             &format!("{p}?fieldValidation=Strict"),
             "alpha",
@@ -1303,7 +1381,7 @@ async fn custom_resources(d: &mut Diff) {
     )
     .await;
     d.step(
-        "apply with a wrong type",
+        "apply with a wrong type: 500",
         apply(&p, "alpha", false, widget("ports", json!({"size": "one"}))),
     )
     .await;
@@ -1395,6 +1473,85 @@ async fn istio_virtual_service(d: &mut Diff) {
         "422 from Istio's CEL rule",
     );
     d.step("list", get(vss.clone())).await;
+}
+
+/// ksit's TrafficPolicy and KubeStellar's BindingPolicy, written as the controller and a user write them.
+async fn ksit_kinds(d: &mut Diff) {
+    let tps = format!("/apis/ksit.io/v1alpha1/namespaces/{NS}/trafficpolicies");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../manifests/examples/multi-cluster-mesh/trafficpolicy.yaml"
+    ))
+    .expect("the example TrafficPolicy");
+    let mut tp: Value = serde_yaml::from_str(&example).unwrap();
+    tp["metadata"]["namespace"] = json!(NS);
+    let a = d
+        .step(
+            "apply the example TrafficPolicy: defaults filled",
+            apply(&format!("{tps}/myapp"), "conformance", true, tp),
+        )
+        .await;
+    d.expect_real("TrafficPolicy", a.real().status == 201, "201");
+    // The controller's status write: an apply to /status of apiVersion, kind and status only.
+    let status = json!({"apiVersion": "ksit.io/v1alpha1", "kind": "TrafficPolicy", "status": {
+        "observedGeneration": 1, "readyClusters": 1,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Applied", "message": "1 of 1 clusters",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+        "clusters": [{"name": "cluster1", "appliedGeneration": 1}, {"name": "cluster2", "error": null}]}});
+    d.step(
+        "the controller applies its status",
+        apply(
+            &format!("{tps}/myapp/status"),
+            "ksit-controller",
+            true,
+            status.clone(),
+        ),
+    )
+    .await;
+    d.step(
+        "and again: no change",
+        apply(
+            &format!("{tps}/myapp/status"),
+            "ksit-controller",
+            true,
+            status,
+        ),
+    )
+    .await;
+    d.step(
+        "a TrafficPolicy without its required hosts: 422",
+        post(
+            format!("{tps}?fieldManager=conformance&dryRun=All"),
+            json!({"apiVersion": "ksit.io/v1alpha1", "kind": "TrafficPolicy", "metadata": {"name": "bad"}, "spec": {}}),
+        ),
+    )
+    .await;
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../manifests/examples/multi-cluster-mesh/bindingpolicy.yaml"
+    ))
+    .expect("the example BindingPolicy");
+    let mut bp: Value = serde_yaml::from_str(&example).unwrap();
+    bp["metadata"]["namespace"] = json!("default");
+    let bps = "/apis/control.kubestellar.io/v1alpha1/bindingpolicies";
+    d.step(
+        "create the example BindingPolicy with a namespace: cluster-scoped, it loses it",
+        post(format!("{bps}?fieldManager=conformance"), bp),
+    )
+    .await;
+    d.step(
+        "list TrafficPolicies",
+        get(format!(
+            "/apis/ksit.io/v1alpha1/trafficpolicies?fieldSelector={}",
+            enc(&format!("metadata.namespace={NS}"))
+        )),
+    )
+    .await;
+    d.step(
+        "delete the BindingPolicy",
+        delete(format!("{bps}/istio-mesh-binding")),
+    )
+    .await;
 }
 
 async fn watches(d: &mut Diff, emulator: &Emulator) {
@@ -1491,7 +1648,7 @@ async fn watches(d: &mut Diff, emulator: &Emulator) {
     emulator.set_history_limit(3);
     let a = d
         .watch(
-            "watch from a resourceVersion too old: 410 Expired",
+            "watch from a resourceVersion too old: an ERROR event, 410 Expired",
             &format!(
                 "/apis/conformance.ksit.io/v1/namespaces/{NS}/widgets?watch=true&resourceVersion=1&timeoutSeconds=10"
             ),
@@ -1504,13 +1661,20 @@ async fn watches(d: &mut Diff, emulator: &Emulator) {
         a.raw[1][0]["object"]["code"] == 410,
         "an ERROR event with code 410",
     );
-    d.step(
-        "a list at a too-old resourceVersion (exact match): 410",
-        get(format!(
-            "{cms}?{sel}&resourceVersion=1&resourceVersionMatch=Exact"
-        )),
-    )
-    .await;
+    let a = d
+        .differs(
+            "a list at an exact past resourceVersion: the objects as they were",
+            get(format!(
+                "{cms}?{sel}&resourceVersion=${{rv0}}&resourceVersionMatch=Exact"
+            )),
+            &PAST_LISTS,
+        )
+        .await;
+    d.expect_real(
+        "past list",
+        a.raw[1]["items"][0]["data"]["v"] == "0",
+        "w0 as first created",
+    );
 
     // Bookmarks: the real server sends one shortly before the watch's timeout.
     let a = d
