@@ -3,17 +3,23 @@
 //! `x-kubernetes-list-type: map`, keyed by its `x-kubernetes-list-map-keys`) and `v:<json>` (an item of a
 //! `x-kubernetes-list-type: set` list of scalars). Every other list is atomic: one field.
 //!
+//! A field set holds *members*: leaves, and the inner nodes that are owned themselves (an item of a keyed
+//! list, the key of a map that is not a declared property, a map or list that a write added). It follows
+//! Kubernetes' structured-merge-diff: [`field_set`] is what an apply configuration owns, [`compare`] what a
+//! write added, changed and removed. In FieldsV1, a member that also has owned children is marked `"."`.
+//!
 //! Schemas are the CRD version's `openAPIV3Schema` (absent for built-in kinds, whose lists are all atomic,
 //! except `metadata.finalizers` (a set) and `metadata.ownerReferences` (a map keyed by `uid`), as in
 //! Kubernetes).
 
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 /// A field path: FieldsV1 elements from the root.
 pub type FieldPath = Vec<String>;
-/// A set of owned leaf fields.
+/// A set of owned fields (members).
 pub type FieldSet = BTreeSet<FieldPath>;
 
 /// Server-set metadata that nobody owns.
@@ -31,7 +37,10 @@ const SERVER_METADATA: &[&str] = &[
 fn metadata_schema() -> &'static Value {
     static S: OnceLock<Value> = OnceLock::new();
     S.get_or_init(|| {
+        let strings = json!({"type": "object", "additionalProperties": {"type": "string"}});
         json!({"type": "object", "properties": {
+            "name": {"type": "string"}, "namespace": {"type": "string"}, "generateName": {"type": "string"},
+            "labels": strings, "annotations": strings,
             "finalizers": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
             "ownerReferences": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["uid"],
                                 "items": {"type": "object"}},
@@ -52,6 +61,27 @@ pub fn child_schema<'a>(s: Option<&'a Value>, key: &str, at_root: bool) -> Optio
 
 fn items_schema(s: Option<&Value>) -> Option<&Value> {
     s?.get("items")
+}
+
+/// Whether `key` is a declared property of the object schema `s` (a struct field, in Kubernetes' terms).
+/// Without a schema (built-in kinds) every key counts as declared.
+fn declared(s: Option<&Value>, key: &str, at_root: bool) -> bool {
+    if at_root && key == "metadata" {
+        return true;
+    }
+    match s {
+        None => true,
+        Some(s) => s
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_some_and(|p| p.contains_key(key)),
+    }
+}
+
+fn atomic_map(s: Option<&Value>) -> bool {
+    s.and_then(|s| s.get("x-kubernetes-map-type"))
+        .and_then(Value::as_str)
+        == Some("atomic")
 }
 
 /// The key fields of a `x-kubernetes-list-type: map` list, sorted.
@@ -94,6 +124,23 @@ fn settable(a: &[Value]) -> bool {
     a.iter().all(|x| !x.is_object() && !x.is_array())
 }
 
+/// How a list merges and is owned.
+enum ListKind {
+    Atomic,
+    Map(Vec<String>),
+    Set,
+}
+
+fn list_kind(s: Option<&Value>, items: &[&[Value]]) -> ListKind {
+    if let Some(keys) = list_map_keys(s).filter(|k| items.iter().all(|a| keyed(a, k))) {
+        return ListKind::Map(keys);
+    }
+    if is_set(s) && items.iter().all(|a| settable(a)) {
+        return ListKind::Set;
+    }
+    ListKind::Atomic
+}
+
 /// Whether a path is the object's identity (apiVersion, kind, metadata.name/namespace): never owned.
 pub fn is_identity(f: &[String]) -> bool {
     matches!(
@@ -106,62 +153,209 @@ pub fn is_identity(f: &[String]) -> bool {
         ))
 }
 
-/// The leaf fields of an object: maps are walked, map-lists and sets by item, other lists are leaves.
-pub fn leaves(v: &Value, schema: Option<&Value>) -> FieldSet {
+/// Paths no field set holds: the root, `metadata` itself, the identity and what the server sets.
+fn ignored(f: &[String]) -> bool {
+    match f {
+        [] => true,
+        [m] if m == "f:metadata" => true,
+        [m, x, ..] if m == "f:metadata" => {
+            is_identity(f)
+                || x.strip_prefix("f:")
+                    .is_some_and(|x| SERVER_METADATA.contains(&x))
+        }
+        _ => is_identity(f),
+    }
+}
+
+/// What an apply configuration owns (structured-merge-diff's `ToFieldSet`): its leaves, keyed-list items
+/// and set values, empty maps and nulls, and the keys of maps that are not declared properties.
+pub fn field_set(v: &Value, schema: Option<&Value>) -> FieldSet {
     fn walk(v: &Value, s: Option<&Value>, path: &mut FieldPath, out: &mut FieldSet) {
+        if ignored(path) && !path.is_empty() && path.len() > 1 {
+            return;
+        }
         match v {
-            Value::Object(m) if !m.is_empty() => {
+            Value::Object(m) => {
+                if !path.is_empty() && atomic_map(s) {
+                    out.insert(path.clone());
+                    return;
+                }
+                let at_root = path.is_empty();
                 for (k, x) in m {
-                    if path.len() == 1
-                        && path[0] == "f:metadata"
-                        && SERVER_METADATA.contains(&k.as_str())
-                    {
-                        continue;
-                    }
-                    let cs = child_schema(s, k, path.is_empty());
+                    let cs = child_schema(s, k, at_root);
                     path.push(format!("f:{k}"));
                     walk(x, cs, path, out);
+                    let empty = x.is_null() || x.as_object().is_some_and(Map::is_empty);
+                    if empty || !declared(s, k, at_root) {
+                        out.insert(path.clone());
+                    }
                     path.pop();
                 }
             }
-            Value::Array(a) if !a.is_empty() => {
-                if let Some(keys) = list_map_keys(s).filter(|k| keyed(a, k)) {
+            Value::Array(a) => match list_kind(s, &[a]) {
+                ListKind::Atomic => {
+                    out.insert(path.clone());
+                }
+                ListKind::Map(keys) => {
                     for item in a {
                         if let Some(k) = item_key(item, &keys) {
                             path.push(k);
                             walk(item, items_schema(s), path, out);
+                            out.insert(path.clone());
                             path.pop();
                         }
                     }
-                } else if is_set(s) && settable(a) {
+                }
+                ListKind::Set => {
                     for x in a {
                         path.push(format!("v:{x}"));
                         out.insert(path.clone());
                         path.pop();
                     }
-                } else if !path.is_empty() {
-                    out.insert(path.clone());
                 }
-            }
+            },
             _ => {
-                if !path.is_empty() {
-                    out.insert(path.clone());
-                }
+                out.insert(path.clone());
             }
         }
     }
     let mut out = BTreeSet::new();
     walk(v, schema, &mut Vec::new(), &mut out);
-    out.retain(|f| !is_identity(f));
+    out.retain(|f| !ignored(f));
     out
 }
 
-/// Leaves of `new` whose value differs from `old`'s.
-pub fn changed_leaves(old: &Value, new: &Value, schema: Option<&Value>) -> FieldSet {
-    leaves(new, schema)
-        .into_iter()
-        .filter(|f| get_path(old, f) != get_path(new, f))
-        .collect()
+/// What a write did (structured-merge-diff's `Compare`): fields it added (maps and lists too), changed
+/// (leaves) and removed.
+#[derive(Debug, Default, Clone)]
+pub struct Comparison {
+    pub added: FieldSet,
+    pub modified: FieldSet,
+    pub removed: FieldSet,
+}
+
+impl Comparison {
+    /// Keeps only the paths `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&FieldPath) -> bool) {
+        self.added.retain(&keep);
+        self.modified.retain(&keep);
+        self.removed.retain(&keep);
+    }
+    /// Added and modified.
+    pub fn changed(&self) -> FieldSet {
+        self.added.union(&self.modified).cloned().collect()
+    }
+}
+
+/// Compares the stored object with the written one.
+pub fn compare(old: &Value, new: &Value, schema: Option<&Value>) -> Comparison {
+    fn leaf(l: Option<&Value>, r: Option<&Value>, path: &FieldPath, c: &mut Comparison) {
+        match (l, r) {
+            (None, Some(_)) => {
+                c.added.insert(path.clone());
+            }
+            (Some(_), None) => {
+                c.removed.insert(path.clone());
+            }
+            (Some(a), Some(b)) if a != b => {
+                c.modified.insert(path.clone());
+            }
+            _ => {}
+        }
+    }
+    fn container(l: Option<&Value>, r: Option<&Value>, path: &FieldPath, c: &mut Comparison) {
+        if l.is_none() {
+            c.added.insert(path.clone());
+        } else if r.is_none() {
+            c.removed.insert(path.clone());
+        }
+    }
+    fn node(
+        l: Option<&Value>,
+        r: Option<&Value>,
+        s: Option<&Value>,
+        path: &mut FieldPath,
+        c: &mut Comparison,
+    ) {
+        if path.len() > 1 && ignored(path) {
+            return;
+        }
+        let objects = (l.is_none() || l.is_some_and(Value::is_object))
+            && (r.is_none() || r.is_some_and(Value::is_object));
+        let arrays = (l.is_none() || l.is_some_and(Value::is_array))
+            && (r.is_none() || r.is_some_and(Value::is_array));
+        if objects && (path.is_empty() || !atomic_map(s)) {
+            let (lm, rm) = (l.and_then(Value::as_object), r.and_then(Value::as_object));
+            if lm.is_none_or(Map::is_empty) && rm.is_none_or(Map::is_empty) {
+                leaf(l, r, path, c);
+                return;
+            }
+            let keys: BTreeSet<&String> = lm.into_iter().chain(rm).flat_map(|m| m.keys()).collect();
+            let at_root = path.is_empty();
+            for k in keys {
+                path.push(format!("f:{k}"));
+                node(
+                    lm.and_then(|m| m.get(k)),
+                    rm.and_then(|m| m.get(k)),
+                    child_schema(s, k, at_root),
+                    path,
+                    c,
+                );
+                path.pop();
+            }
+            container(l, r, path, c);
+            return;
+        }
+        if arrays {
+            let empty: Vec<Value> = Vec::new();
+            let la = l.and_then(Value::as_array).unwrap_or(&empty);
+            let ra = r.and_then(Value::as_array).unwrap_or(&empty);
+            if la.is_empty() && ra.is_empty() {
+                leaf(l, r, path, c);
+                return;
+            }
+            match list_kind(s, &[la, ra]) {
+                ListKind::Atomic => leaf(l, r, path, c),
+                ListKind::Map(keys) => {
+                    let index = |a: &'_ [Value]| -> BTreeMap<String, Value> {
+                        a.iter()
+                            .filter_map(|i| item_key(i, &keys).map(|k| (k, i.clone())))
+                            .collect()
+                    };
+                    let (li, ri) = (index(la), index(ra));
+                    let all: BTreeSet<&String> = li.keys().chain(ri.keys()).collect();
+                    for k in all {
+                        path.push(k.clone());
+                        node(li.get(k), ri.get(k), items_schema(s), path, c);
+                        path.pop();
+                    }
+                    container(l, r, path, c);
+                }
+                ListKind::Set => {
+                    let ls: BTreeSet<String> = la.iter().map(Value::to_string).collect();
+                    let rs: BTreeSet<String> = ra.iter().map(Value::to_string).collect();
+                    for x in ls.union(&rs) {
+                        path.push(format!("v:{x}"));
+                        let (lv, rv) = (
+                            ls.contains(x).then_some(&Value::Null),
+                            rs.contains(x).then_some(&Value::Null),
+                        );
+                        leaf(lv, rv, path, c);
+                        path.pop();
+                    }
+                    container(l, r, path, c);
+                }
+            }
+            return;
+        }
+        if !path.is_empty() {
+            leaf(l, r, path, c);
+        }
+    }
+    let mut c = Comparison::default();
+    node(Some(old), Some(new), schema, &mut Vec::new(), &mut c);
+    c.retain(|f| !ignored(f));
+    c
 }
 
 fn matches_key(item: &Value, key: &Map<String, Value>) -> bool {
@@ -218,6 +412,10 @@ pub fn remove_path(v: &mut Value, f: &[String], keep_item: &dyn Fn(&[String]) ->
                 }
             } else if let (Some(name), Some(m)) = (first.strip_prefix("f:"), cur.as_object_mut()) {
                 m.remove(name);
+            } else if let (Some(k), Some(a)) = (first.strip_prefix("k:"), cur.as_array_mut()) {
+                if let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) {
+                    a.retain(|i| !matches_key(i, &key));
+                }
             }
             return;
         }
@@ -242,7 +440,11 @@ pub fn remove_path(v: &mut Value, f: &[String], keep_item: &dyn Fn(&[String]) ->
             return;
         };
         go(next, rest, full, keep_item);
-        let emptied = next.as_object().is_some_and(Map::is_empty) && first.starts_with("f:");
+        // A map or list the removal emptied goes too (a real server drops it: an empty map or list of a
+        // built-in kind is not serialized, and a custom resource's is pruned as null).
+        let emptied = (next.as_object().is_some_and(Map::is_empty)
+            || next.as_array().is_some_and(Vec::is_empty))
+            && first.starts_with("f:");
         if emptied {
             if let (Some(name), Some(m)) = (first.strip_prefix("f:"), cur.as_object_mut()) {
                 m.remove(name);
@@ -299,38 +501,40 @@ pub fn merge(a: &mut Value, b: &Value, s: Option<&Value>, at_root: bool) {
     }
 }
 
-/// FieldsV1 JSON for a set of leaves (`"."` marks a map-list item that has fields of its own).
+/// FieldsV1 JSON for a set of members (`"."` marks a member that has owned children too).
 pub fn to_fields_v1(fields: &FieldSet) -> Value {
-    let mut root = Map::new();
+    let mut root = Value::Object(Map::new());
     for f in fields {
         let mut cur = &mut root;
-        for (i, el) in f.iter().enumerate() {
-            let e = cur.entry(el.clone()).or_insert_with(|| json!({}));
-            let Value::Object(m) = e else { break };
-            if el.starts_with("k:") && i + 1 < f.len() {
-                m.entry(".").or_insert_with(|| json!({}));
-            }
-            cur = m;
+        for el in f {
+            let Value::Object(m) = cur else { break };
+            cur = m.entry(el.clone()).or_insert_with(|| json!({}));
         }
     }
-    Value::Object(root)
+    for f in fields {
+        let pointer: String = f
+            .iter()
+            .map(|el| format!("/{}", el.replace('~', "~0").replace('/', "~1")))
+            .collect();
+        if let Some(Value::Object(m)) = root.pointer_mut(&pointer) {
+            if !m.is_empty() {
+                m.insert(".".into(), json!({}));
+            }
+        }
+    }
+    root
 }
 
-/// The leaves of a FieldsV1 value.
+/// The members of a FieldsV1 value.
 pub fn parse_fields_v1(v: &Value) -> FieldSet {
     fn walk(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
-        let children: Vec<(&String, &Value)> = v
-            .as_object()
-            .map(|m| m.iter().filter(|(k, _)| k.as_str() != ".").collect())
-            .unwrap_or_default();
-        if children.is_empty() {
-            if !path.is_empty() {
+        let Some(m) = v.as_object() else { return };
+        for (k, x) in m.iter().filter(|(k, _)| k.as_str() != ".") {
+            path.push(k.clone());
+            let children = x.as_object().is_some_and(|c| c.keys().any(|k| k != "."));
+            if !children || x.get(".").is_some() {
                 out.insert(path.clone());
             }
-            return;
-        }
-        for (k, x) in children {
-            path.push(k.clone());
             walk(x, path, out);
             path.pop();
         }
@@ -338,6 +542,20 @@ pub fn parse_fields_v1(v: &Value) -> FieldSet {
     let mut out = BTreeSet::new();
     walk(v, &mut Vec::new(), &mut out);
     out
+}
+
+/// The order in which structured-merge-diff lists a set (and so a real server its apply conflicts): at
+/// each level the members first, then the children, each by element.
+pub fn smd_order(a: &FieldPath, b: &FieldPath) -> Ordering {
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    match (a.len() - n, b.len() - n) {
+        (0, 0) => Ordering::Equal,
+        (0, _) => Ordering::Less,
+        (_, 0) => Ordering::Greater,
+        (1, l) if l > 1 => Ordering::Less,
+        (l, 1) if l > 1 => Ordering::Greater,
+        _ => a[n].cmp(&b[n]),
+    }
 }
 
 /// `.spec.ports[port=80,protocol="TCP"].name`-style text for messages.
@@ -365,33 +583,111 @@ mod tests {
     fn schema() -> Value {
         json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
             "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["port", "protocol"],
-                      "items": {"type": "object"}},
-            "hosts": {"type": "array", "items": {"type": "string"}}}}}})
+                      "items": {"type": "object", "properties": {"port": {"type": "integer"}, "protocol": {"type": "string"},
+                                                                "name": {"type": "string"}}}},
+            "hosts": {"type": "array", "items": {"type": "string"}},
+            "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}})
+    }
+
+    fn p(v: &[&str]) -> FieldPath {
+        v.iter().map(|x| x.to_string()).collect()
     }
 
     #[test]
-    fn map_lists_are_keyed_other_lists_atomic() {
+    fn an_apply_owns_leaves_keyed_items_and_undeclared_keys() {
         let s = schema();
-        let o = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "name": "http"}], "hosts": ["a", "b"]},
-                       "metadata": {"finalizers": ["x"], "uid": "u"}});
-        let l = leaves(&o, Some(&s));
-        let k = r#"k:{"port":80,"protocol":"TCP"}"#.to_string();
-        let p = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(l.contains(&p(&["f:spec", "f:ports", &k, "f:name"])));
-        assert!(l.contains(&p(&["f:spec", "f:hosts"])));
-        assert!(l.contains(&p(&["f:metadata", "f:finalizers", "v:\"x\""])));
-        assert!(!l.iter().any(|f| f.contains(&"f:uid".to_string())));
+        let o = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "name": "http"}], "hosts": ["a", "b"],
+                                "extra": {"x": {"y": 1}}},
+                       "metadata": {"finalizers": ["x"], "uid": "u", "labels": {"a": "1"}}});
+        let f = field_set(&o, Some(&s));
+        let k = r#"k:{"port":80,"protocol":"TCP"}"#;
+        assert!(f.contains(&p(&["f:spec", "f:ports", k, "f:name"])));
+        assert!(
+            f.contains(&p(&["f:spec", "f:ports", k])),
+            "the item is a member"
+        );
+        assert!(
+            f.contains(&p(&["f:spec", "f:hosts"])),
+            "an atomic list is one field"
+        );
+        assert!(
+            f.contains(&p(&["f:spec", "f:extra", "f:x"])),
+            "an undeclared key is a member"
+        );
+        assert!(!f.contains(&p(&["f:spec"])), "a declared map is not");
+        assert!(f.contains(&p(&["f:metadata", "f:finalizers", "v:\"x\""])));
+        assert!(f.contains(&p(&["f:metadata", "f:labels", "f:a"])));
+        assert!(!f.iter().any(|x| x.contains(&"f:uid".to_string())));
+        let v1 = to_fields_v1(&f);
+        assert_eq!(v1["f:spec"]["f:ports"][k]["."], json!({}));
+        assert!(v1["f:spec"].get(".").is_none());
+        assert_eq!(parse_fields_v1(&v1), f);
+    }
+
+    #[test]
+    fn compare_names_added_maps_changed_leaves_and_removals() {
+        let s = schema();
+        let old = json!({"metadata": {"name": "x"}, "spec": {"hosts": ["a"]}});
+        let new = json!({"metadata": {"name": "x", "labels": {"l": "1"}},
+                         "spec": {"hosts": ["b"], "ports": [{"port": 1, "protocol": "TCP"}]}});
+        let c = compare(&old, &new, Some(&s));
+        let k = r#"k:{"port":1,"protocol":"TCP"}"#;
         assert_eq!(
-            get_path(&o, &p(&["f:spec", "f:ports", &k, "f:name"])),
+            c.added,
+            [
+                p(&["f:metadata", "f:labels"]),
+                p(&["f:metadata", "f:labels", "f:l"]),
+                p(&["f:spec", "f:ports"]),
+                p(&["f:spec", "f:ports", k]),
+                p(&["f:spec", "f:ports", k, "f:port"]),
+                p(&["f:spec", "f:ports", k, "f:protocol"]),
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(
+            c.modified,
+            [p(&["f:spec", "f:hosts"])].into_iter().collect()
+        );
+        let back = compare(&new, &old, Some(&s));
+        assert_eq!(back.removed, c.added);
+    }
+
+    #[test]
+    fn removing_a_keyed_item_or_the_last_field_of_a_map_removes_it() {
+        let s = schema();
+        let mut m = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "name": "http"}], "hosts": ["a"]}});
+        let k = r#"k:{"port":80,"protocol":"TCP"}"#;
+        assert_eq!(
+            get_path(&m, &p(&["f:spec", "f:ports", k, "f:name"])),
             Some(&json!("http"))
         );
-        assert_eq!(parse_fields_v1(&to_fields_v1(&l)), l);
-        let mut m = o.clone();
-        remove_path(&mut m, &p(&["f:spec", "f:ports", &k, "f:port"]), &|_| false);
-        assert_eq!(m["spec"]["ports"], json!([]));
+        remove_path(&mut m, &p(&["f:spec", "f:ports", k]), &|_| false);
+        assert!(
+            m["spec"].get("ports").is_none(),
+            "an emptied list goes: {m}"
+        );
         remove_path(&mut m, &p(&["f:spec", "f:hosts"]), &|_| false);
-        remove_path(&mut m, &p(&["f:spec", "f:ports"]), &|_| false);
         assert!(m.get("spec").is_none(), "an emptied map goes: {m}");
+        let _ = s;
+    }
+
+    #[test]
+    fn smd_lists_members_before_children() {
+        let mut v = vec![
+            p(&["f:spec", "f:a", "f:b"]),
+            p(&["f:spec", "f:x"]),
+            p(&["f:data", "f:k"]),
+        ];
+        v.sort_by(smd_order);
+        assert_eq!(
+            v,
+            vec![
+                p(&["f:data", "f:k"]),
+                p(&["f:spec", "f:x"]),
+                p(&["f:spec", "f:a", "f:b"])
+            ]
+        );
     }
 
     #[test]

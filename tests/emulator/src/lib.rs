@@ -3,6 +3,7 @@
 //! cluster. See README.md for what it implements and how it differs from a real API server.
 
 pub mod fields;
+pub mod selector;
 pub mod store;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-use store::{selector_matches, ApiError, Store};
+use store::{ApiError, Store};
 use tokio::sync::{broadcast, watch};
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -640,6 +641,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 const NOT_FOUND: &str = "the server could not find the requested resource";
+
+/// 404 for a path the server has no route for.
+fn not_found_route() -> ApiError {
+    ApiError::new(404, "NotFound", NOT_FOUND).with_details(json!({}))
+}
 const ALL_VERBS: [&str; 8] = [
     "create",
     "delete",
@@ -815,7 +821,7 @@ async fn handle(
         }
     }
     let Some(Ok(t)) = parse_path(&path) else {
-        return Ok(error(&ApiError::new(404, "NotFound", NOT_FOUND)));
+        return Ok(error(&not_found_route()));
     };
     let q = query(&req);
     let method = req.method().clone();
@@ -868,6 +874,11 @@ async fn handle(
     if let Err(e) = check_target(&inner, &t, verb) {
         return Ok(error(&e));
     }
+    if matches!(verb, "list" | "watch" | "deletecollection") {
+        if let Err(e) = check_selectors(&inner.store(), &t, &q) {
+            return Ok(error(&e));
+        }
+    }
     if is_watch {
         return Ok(watch_response(inner, t, q));
     }
@@ -909,7 +920,7 @@ async fn handle(
     }
     Ok(match result {
         Ok((status, v, warnings)) => {
-            let v = if verb == "list" || verb == "deletecollection" {
+            let v = if verb == "list" || verb == "deletecollection" || v["kind"] == "Status" {
                 v
             } else {
                 with_version(v, &t.group, &t.version)
@@ -931,23 +942,21 @@ async fn handle(
 /// under a namespace, a namespaced object without one.
 fn check_target(inner: &Inner, t: &Target, verb: &str) -> Result<(), ApiError> {
     let s = inner.store();
-    let k = s
-        .kind(&t.group, &t.plural)
-        .map_err(|_| ApiError::new(404, "NotFound", NOT_FOUND))?;
+    let k = s.kind(&t.group, &t.plural).map_err(|_| not_found_route())?;
     if !k.versions.contains(&t.version) {
-        return Err(ApiError::new(404, "NotFound", NOT_FOUND));
+        return Err(not_found_route());
     }
     match t.sub.as_deref() {
         None => {}
         Some("status") if k.status_subresource && t.name.is_some() => {}
-        Some(_) => return Err(ApiError::new(404, "NotFound", NOT_FOUND)),
+        Some(_) => return Err(not_found_route()),
     }
     if !k.namespaced && t.namespace.is_some() {
-        return Err(ApiError::new(404, "NotFound", NOT_FOUND));
+        return Err(not_found_route());
     }
     if k.namespaced && t.namespace.is_none() {
         if t.name.is_some() {
-            return Err(ApiError::new(404, "NotFound", NOT_FOUND));
+            return Err(not_found_route());
         }
         if matches!(verb, "create" | "deletecollection") {
             return Err(ApiError::new(
@@ -984,7 +993,8 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
     let ns = t.namespace.as_deref();
     let status = t.sub.as_deref() == Some("status");
     let name = t.name.clone().unwrap_or_default();
-    let strict = r.q.get("fieldValidation").map(String::as_str) == Some("Strict");
+    let validation = r.q.get("fieldValidation").map(String::as_str);
+    let strict = validation == Some("Strict");
     let parse = |b: &[u8]| -> Result<Value, ApiError> {
         let v: Value = serde_json::from_slice(b)
             .or_else(|_| serde_yaml::from_slice::<Value>(b))
@@ -1010,15 +1020,23 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
         let k = s.kind(&t.group, &t.plural)?.clone();
         let (_, unknown) = s.validate_partial(&k, v.clone())?;
         if strict && !unknown.is_empty() {
+            let fields: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("unknown field {}", store::go_quote(u)))
+                .collect();
             return Err(ApiError::new(
                 400,
                 "BadRequest",
-                unknown
-                    .iter()
-                    .map(|u| format!("{u}: field not declared in schema"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                format!(
+                    "{kind} in version {version} cannot be handled as a {kind}: strict decoding error: {}",
+                    fields.join(", "),
+                    kind = k.kind,
+                    version = store::go_quote(&t.version),
+                ),
             ));
+        }
+        if validation == Some("Ignore") {
+            return Ok(vec![]);
         }
         Ok(unknown)
     };
@@ -1049,11 +1067,15 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
             ))
         }
         "patch" if r.content_type.starts_with("application/apply-patch") => {
-            let Some(manager) = r.q.get("fieldManager") else {
-                return Err(ApiError::new(
-                    400,
-                    "BadRequest",
-                    "PATCH with apply requires fieldManager",
+            let Some(manager) = r.q.get("fieldManager").filter(|m| !m.is_empty()) else {
+                return Err(ApiError::invalid(
+                    "meta.k8s.io",
+                    "PatchOptions",
+                    "",
+                    vec![store::FieldErr::required(
+                        "fieldManager",
+                        "is required for apply patch",
+                    )],
                 ));
             };
             let v = parse(r.body)?;
@@ -1062,14 +1084,19 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
                     return Err(ApiError::new(
                         400,
                         "BadRequest",
-                        "the name of the object does not match the name on the URL",
+                        format!("the name of the object ({n}) does not match the name on the URL ({name})"),
                     ));
                 }
             }
-            let w = strict_check(s, &v)?;
+            // Unknown fields of an apply configuration fail it (see `Store::apply`), Strict or not.
             let force = r.q.get("force").map(String::as_str) == Some("true");
             let existed = s.get(&t.group, &t.plural, ns, &name).is_ok();
-            let (out, _, _) = s.apply(&t.group, &t.plural, ns, &name, v, manager, force, status)?;
+            let (out, _, w) = s.apply(&t.group, &t.plural, ns, &name, v, manager, force, status)?;
+            let w = if validation == Some("Ignore") {
+                vec![]
+            } else {
+                w
+            };
             let code = if existed {
                 StatusCode::OK
             } else {
@@ -1108,11 +1135,25 @@ fn execute(s: &mut Store, r: &Req) -> Result<Answer, ApiError> {
                 w,
             ))
         }
-        "delete" => Ok((
-            StatusCode::OK,
-            s.delete(&t.group, &t.plural, ns, &name)?,
-            vec![],
-        )),
+        "delete" => {
+            let gone = s.delete(&t.group, &t.plural, ns, &name)?;
+            let k = s.kind(&t.group, &t.plural)?;
+            let pending = s.get(&t.group, &t.plural, ns, &name).is_ok();
+            if pending || k.return_deleted {
+                return Ok((StatusCode::OK, gone, vec![]));
+            }
+            // Most kinds answer a completed delete with a Success Status naming what went.
+            let mut d = store::details(&name, &t.group, &t.plural);
+            d["uid"] = gone
+                .pointer("/metadata/uid")
+                .cloned()
+                .unwrap_or(Value::Null);
+            Ok((
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d}),
+                vec![],
+            ))
+        }
         "deletecollection" => {
             let (_, listed, _) = list(s, t, r.q)?;
             let mut deleted = Vec::new();
@@ -1172,14 +1213,32 @@ fn list(s: &Store, t: &Target, q: &BTreeMap<String, String>) -> Result<Answer, A
             items.truncate(limit);
             if let Some(last) = items.last() {
                 meta["continue"] = json!(pos(last));
-                meta["remainingItemCount"] = json!(rest);
+                // Not counted under a selector, as on a real server.
+                let selected = ["labelSelector", "fieldSelector"]
+                    .iter()
+                    .any(|k| q.get(*k).is_some_and(|s| !s.is_empty()));
+                if !selected {
+                    meta["remainingItemCount"] = json!(rest);
+                }
             }
         }
     }
+    // A built-in list's items carry no apiVersion and kind (a custom resource list's do), and a custom
+    // resource list always says `continue`.
     let items: Vec<Value> = items
         .into_iter()
-        .map(|o| with_version(o, &t.group, &t.version))
+        .map(|o| {
+            let mut o = with_version(o, &t.group, &t.version);
+            if let (true, Some(m)) = (k.builtin, o.as_object_mut()) {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            o
+        })
         .collect();
+    if !k.builtin && meta.get("continue").is_none() {
+        meta["continue"] = json!("");
+    }
     Ok((
         StatusCode::OK,
         json!({"kind": format!("{}List", k.kind), "apiVersion": group_version(&t.group, &t.version), "metadata": meta, "items": items}),
@@ -1227,9 +1286,24 @@ fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> 
     let mut initial: Vec<Bytes> = Vec::new();
     let mut expired = false;
     let start_rv;
+    // The last version of the watched kind, and the last version this watch told its client of (an
+    // event or a bookmark): a bookmark is sent only when the first is newer, as kube-apiserver's watch
+    // cache does.
+    let mut kind_rv;
+    let mut sent_rv;
     {
         let s = inner.store();
         start_rv = s.rv;
+        kind_rv = s
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.group == t.group && e.plural == t.plural)
+            .map_or(0, |e| e.rv);
+        sent_rv = match since {
+            Some(rv) if rv > 0 && !initial_events => rv,
+            _ => kind_rv,
+        };
         match since {
             Some(rv) if rv > 0 && !initial_events && rv < s.compacted => {
                 expired = true;
@@ -1242,6 +1316,7 @@ fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> 
                     .iter()
                     .filter(|e| e.rv > rv && relevant(e, &t, &q))
                 {
+                    sent_rv = sent_rv.max(e.rv);
                     initial.push(line(
                         e.type_,
                         &with_version(e.object.clone(), &t.group, &t.version),
@@ -1277,7 +1352,6 @@ fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> 
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut last_rv = start_rv;
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
@@ -1291,18 +1365,24 @@ fn watch_response(inner: Arc<Inner>, t: Target, q: BTreeMap<String, String>) -> 
                 }
                 _ = ticker.tick(), if bookmarks => {
                     // Events arrive in resourceVersion order: nothing this watch cares about is pending
-                    // up to the last one it saw.
-                    if tx.send(bookmark(last_rv, false)).await.is_err() {
-                        return;
+                    // up to the last event of its kind.
+                    if kind_rv > sent_rv {
+                        sent_rv = kind_rv;
+                        if tx.send(bookmark(kind_rv, false)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 ev = live.recv() => match ev {
                     Ok(e) if e.rv > start_rv => {
-                        last_rv = e.rv;
-                        if relevant(&e, &t, &q)
-                            && tx.send(line(e.type_, &with_version(e.object.clone(), &t.group, &t.version))).await.is_err()
-                        {
-                            return;
+                        if e.group == t.group && e.plural == t.plural {
+                            kind_rv = e.rv;
+                        }
+                        if relevant(&e, &t, &q) {
+                            sent_rv = e.rv;
+                            if tx.send(line(e.type_, &with_version(e.object.clone(), &t.group, &t.version))).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -1334,32 +1414,45 @@ fn object_matches(obj: &Value, q: &BTreeMap<String, String>) -> bool {
         .and_then(Value::as_object)
         .unwrap_or(&empty);
     if let Some(sel) = q.get("labelSelector") {
-        if !selector_matches(sel, labels) {
+        // Checked by `check_selectors` before any object is matched.
+        if !selector::LabelSelector::parse(sel).is_ok_and(|s| s.matches(labels)) {
             return false;
         }
     }
     if let Some(fs) = q.get("fieldSelector") {
-        for part in fs.split(',').filter(|p| !p.is_empty()) {
-            let (k, v, neg) = match part.split_once("!=") {
-                Some((k, v)) => (k, v, true),
-                None => match part.split_once("==").or_else(|| part.split_once('=')) {
-                    Some((k, v)) => (k, v, false),
-                    None => continue,
-                },
-            };
-            let actual = match k {
-                "metadata.name" => obj.pointer("/metadata/name"),
-                "metadata.namespace" => obj.pointer("/metadata/namespace"),
-                _ => None,
-            }
-            .and_then(Value::as_str)
-            .unwrap_or("");
-            if (actual == v) == neg {
-                return false;
-            }
+        if !selector::parse_fields(fs).is_ok_and(|t| selector::fields_match(obj, &t)) {
+            return false;
         }
     }
     true
+}
+
+/// Refuses (400) a label or field selector a real server would not parse, or a field selector on a field
+/// the kind does not offer.
+fn check_selectors(s: &Store, t: &Target, q: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::new(400, "BadRequest", m);
+    if let Some(sel) = q.get("labelSelector") {
+        selector::LabelSelector::parse(sel).map_err(bad)?;
+    }
+    if let Some(fs) = q.get("fieldSelector") {
+        let terms = selector::parse_fields(fs).map_err(bad)?;
+        let k = s.kind(&t.group, &t.plural)?;
+        for (field, _, _) in &terms {
+            match &k.field_selectors {
+                None if !matches!(field.as_str(), "metadata.name" | "metadata.namespace") => {
+                    return Err(bad(format!(
+                        "{} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+                        store::go_quote(field)
+                    )));
+                }
+                Some(allowed) if !allowed.contains(field) => {
+                    return Err(bad(format!("field label not supported: {field}")));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn with_version(mut obj: Value, group: &str, version: &str) -> Value {

@@ -2,9 +2,9 @@
 //! apply field ownership, status subresource, finalizers, generation and schema validation.
 #![allow(clippy::too_many_arguments)] // the write paths mirror the API's parameters one to one
 
-use crate::fields::{self, FieldSet};
+use crate::fields::{self, FieldPath, FieldSet};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// How many past events a watch can resume from before it gets 410 Gone (by default; see
 /// `Emulator::set_history_limit`).
@@ -23,6 +23,14 @@ pub struct Kind {
     /// openAPIV3Schema per version (custom resources only).
     pub schemas: BTreeMap<String, Value>,
     pub builtin: bool,
+    /// Whether objects carry `metadata.generation` (custom resources, CRDs, Deployments).
+    pub generation: bool,
+    /// Whether a delete answers with the object (as for namespaces, services, service accounts) rather
+    /// than a `Success` Status.
+    pub return_deleted: bool,
+    /// The fields a field selector may name, besides none: None is Kubernetes' default
+    /// (`metadata.name`, `metadata.namespace`).
+    pub field_selectors: Option<Vec<String>>,
 }
 
 impl Kind {
@@ -67,12 +75,70 @@ impl ApiError {
             details: None,
         }
     }
-    pub fn not_found(what: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("{what} not found"))
+    /// 404 for an object: `configmaps "x" not found`, details naming it.
+    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(group, plural)),
+        )
+        .with_details(details(name, group, plural))
+    }
+    /// 409 AlreadyExists for an object.
+    pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(group, plural)),
+        )
+        .with_details(details(name, group, plural))
+    }
+    /// 409 Conflict: the object changed since the resourceVersion the write names.
+    pub fn stale(group: &str, plural: &str, name: &str) -> Self {
+        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(group, plural)))
+            .with_details(details(name, group, plural))
+    }
+    /// 422 Invalid: `Kind.group "name" is invalid: <errors>` (`kind` a Kind, or a plural for the errors
+    /// kube-apiserver words with the resource), a cause per error.
+    pub fn invalid(group: &str, kind: &str, name: &str, errors: Vec<FieldErr>) -> Self {
+        let mut texts: Vec<String> = Vec::new();
+        for e in &errors {
+            let t = e.text();
+            if !texts.contains(&t) {
+                texts.push(t);
+            }
+        }
+        let joined = if texts.len() == 1 {
+            texts.remove(0)
+        } else {
+            format!("[{}]", texts.join(", "))
+        };
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field}))
+            .collect();
+        let mut d = details(name, group, kind);
+        d["causes"] = Value::Array(causes);
+        ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "{} \"{name}\" is invalid: {joined}",
+                qualified_kind(group, kind)
+            ),
+        )
+        .with_details(d)
+    }
+    pub fn with_details(mut self, d: Value) -> Self {
+        self.details = Some(d);
+        self
     }
     pub fn body(&self) -> Value {
         let mut b = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code});
+               "message": self.message, "code": self.code});
+        if !self.reason.is_empty() {
+            b["reason"] = json!(self.reason);
+        }
         if let Some(d) = &self.details {
             b["details"] = d.clone();
         }
@@ -115,7 +181,25 @@ fn builtin(
         status_subresource: status,
         schemas: BTreeMap::new(),
         builtin: true,
+        generation: false,
+        return_deleted: false,
+        field_selectors: None,
     }
+}
+
+fn with_fields(mut k: Kind, fields: &[&str]) -> Kind {
+    k.field_selectors = Some(fields.iter().map(|f| f.to_string()).collect());
+    k
+}
+
+fn returning_deleted(mut k: Kind) -> Kind {
+    k.return_deleted = true;
+    k
+}
+
+fn with_generation(mut k: Kind) -> Kind {
+    k.generation = true;
+    k
 }
 
 pub fn now() -> String {
@@ -149,11 +233,25 @@ impl Store {
             ..Store::default()
         };
         for k in [
-            builtin("", "v1", "Namespace", "namespaces", false, true, &["ns"]),
-            builtin("", "v1", "Secret", "secrets", true, false, &[]),
+            returning_deleted(with_fields(
+                builtin("", "v1", "Namespace", "namespaces", false, true, &["ns"]),
+                &["status.phase", "metadata.name"],
+            )),
+            with_fields(
+                builtin("", "v1", "Secret", "secrets", true, false, &[]),
+                &["type", "metadata.namespace", "metadata.name"],
+            ),
             builtin("", "v1", "ConfigMap", "configmaps", true, false, &["cm"]),
-            builtin("", "v1", "Service", "services", true, true, &["svc"]),
-            builtin(
+            returning_deleted(with_fields(
+                builtin("", "v1", "Service", "services", true, true, &["svc"]),
+                &[
+                    "metadata.namespace",
+                    "metadata.name",
+                    "spec.clusterIP",
+                    "spec.type",
+                ],
+            )),
+            returning_deleted(builtin(
                 "",
                 "v1",
                 "ServiceAccount",
@@ -161,8 +259,25 @@ impl Store {
                 true,
                 false,
                 &["sa"],
+            )),
+            with_fields(
+                builtin("", "v1", "Event", "events", true, false, &["ev"]),
+                &[
+                    "involvedObject.kind",
+                    "involvedObject.namespace",
+                    "involvedObject.name",
+                    "involvedObject.uid",
+                    "involvedObject.apiVersion",
+                    "involvedObject.resourceVersion",
+                    "involvedObject.fieldPath",
+                    "reason",
+                    "reportingComponent",
+                    "source",
+                    "type",
+                    "metadata.namespace",
+                    "metadata.name",
+                ],
             ),
-            builtin("", "v1", "Event", "events", true, false, &["ev"]),
             builtin(
                 "events.k8s.io",
                 "v1",
@@ -172,7 +287,7 @@ impl Store {
                 false,
                 &["ev"],
             ),
-            builtin(
+            with_generation(builtin(
                 "apps",
                 "v1",
                 "Deployment",
@@ -180,7 +295,7 @@ impl Store {
                 true,
                 true,
                 &["deploy"],
-            ),
+            )),
             builtin(
                 "coordination.k8s.io",
                 "v1",
@@ -190,7 +305,7 @@ impl Store {
                 false,
                 &[],
             ),
-            builtin(
+            with_generation(builtin(
                 "apiextensions.k8s.io",
                 "v1",
                 "CustomResourceDefinition",
@@ -198,7 +313,7 @@ impl Store {
                 false,
                 true,
                 &["crd"],
-            ),
+            )),
         ] {
             s.kinds.insert((k.group.clone(), k.plural.clone()), k);
         }
@@ -245,10 +360,23 @@ impl Store {
         let mut schemas = BTreeMap::new();
         let mut status = false;
         let mut storage_first = Vec::new();
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        let mut selectable = vec!["metadata.name".to_string()];
+        if namespaced {
+            selectable.push("metadata.namespace".into());
+        }
         for v in spec["versions"].as_array().cloned().unwrap_or_default() {
             let name = v["name"].as_str().unwrap_or("").to_string();
             if v["served"].as_bool() == Some(false) {
                 continue;
+            }
+            for f in v["selectableFields"].as_array().into_iter().flatten() {
+                if let Some(p) = f["jsonPath"].as_str() {
+                    let p = p.trim_start_matches('.').to_string();
+                    if !selectable.contains(&p) {
+                        selectable.push(p);
+                    }
+                }
             }
             if let Some(s) = v.pointer("/schema/openAPIV3Schema") {
                 schemas.insert(name.clone(), s.clone());
@@ -275,10 +403,13 @@ impl Store {
                         .collect()
                 })
                 .unwrap_or_default(),
-            namespaced: spec["scope"].as_str() != Some("Cluster"),
+            namespaced,
             status_subresource: status,
             schemas,
             builtin: false,
+            generation: true,
+            return_deleted: false,
+            field_selectors: Some(selectable),
         };
         self.kinds.insert((group, plural), kind);
         Ok(())
@@ -333,13 +464,7 @@ impl Store {
                 name.into(),
             ))
             .cloned()
-            .ok_or_else(|| {
-                ApiError::not_found(&format!(
-                    "{}.{} \"{name}\"",
-                    plural,
-                    if group.is_empty() { "" } else { group }
-                ))
-            })
+            .ok_or_else(|| ApiError::not_found(group, plural, name))
     }
 
     pub fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
@@ -363,7 +488,7 @@ impl Store {
             .objects
             .contains_key(&(String::new(), "namespaces".into(), None, ns.into()))
         {
-            return Err(ApiError::not_found(&format!("namespaces \"{ns}\"")));
+            return Err(ApiError::not_found("", "namespaces", ns));
         }
         Ok(())
     }
@@ -371,13 +496,21 @@ impl Store {
     /// Sets server fields and stores; emits ADDED or MODIFIED. `spec_changed` bumps generation.
     fn commit(&mut self, key: Key, mut obj: Value, existed: Option<&Value>) -> Value {
         let rv = self.next_rv();
+        let tracks_generation = self
+            .kinds
+            .get(&(key.0.clone(), key.1.clone()))
+            .is_some_and(|k| k.generation);
         let meta = meta_mut(&mut obj);
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         let gen = existed
             .and_then(|old| old.pointer("/metadata/generation").and_then(Value::as_i64))
             .unwrap_or(1);
-        meta.insert("generation".into(), json!(gen));
-        if let Some(old) = existed {
+        if tracks_generation {
+            meta.insert("generation".into(), json!(gen));
+        } else {
+            meta.remove("generation");
+        }
+        if let (Some(old), true) = (existed, tracks_generation) {
             if strip_meta_status(old) != strip_meta_status(&obj) {
                 let g = old
                     .pointer("/metadata/generation")
@@ -386,6 +519,10 @@ impl Store {
                     + 1;
                 meta_mut(&mut obj).insert("generation".into(), json!(g));
             }
+        }
+        if key.0 == "apiextensions.k8s.io" && existed.is_some() {
+            // A changed CRD serves its new versions and schemas.
+            let _ = self.register_crd(&obj);
         }
         let type_ = if existed.is_some() {
             "MODIFIED"
@@ -408,8 +545,8 @@ impl Store {
         self.create_as(group, plural, ns, obj, manager, "Update", None)
     }
 
-    /// Creates an object; its fields are owned by `manager` with `operation` (Update, or Apply with the
-    /// applied fields in `owned`).
+    /// Creates an object; its fields are owned by `manager` with `operation` (Update: what the create
+    /// set, defaults included; Apply: the applied fields in `owned`).
     fn create_as(
         &mut self,
         group: &str,
@@ -444,20 +581,20 @@ impl Store {
                 self.uid += 1;
                 name = format!("{prefix}{:05x}", self.uid * 7919 % 0xfffff);
             } else {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    "metadata.name: Required value: name or generateName is required",
+                return Err(ApiError::invalid(
+                    group,
+                    &k.kind,
+                    "",
+                    vec![FieldErr::required(
+                        "metadata.name",
+                        "name or generateName is required",
+                    )],
                 ));
             }
         }
         let key: Key = (group.into(), plural.into(), ns.clone(), name.clone());
         if self.objects.contains_key(&key) {
-            return Err(ApiError::new(
-                409,
-                "AlreadyExists",
-                format!("{} \"{name}\" already exists", qualified(group, plural)),
-            ));
+            return Err(ApiError::already_exists(group, plural, &name));
         }
         if k.status_subresource && !k.builtin {
             if let Some(o) = obj.as_object_mut() {
@@ -475,24 +612,59 @@ impl Store {
             };
             m.insert("uid".into(), json!(uid));
             m.insert("creationTimestamp".into(), json!(now()));
-            for f in ["resourceVersion", "generation", "deletionTimestamp"] {
+            for f in [
+                "resourceVersion",
+                "generation",
+                "deletionTimestamp",
+                "managedFields",
+            ] {
                 m.remove(f);
             }
         }
+        builtin_defaults(&k, &mut obj, &name);
         let mut obj = self.validate(&k, obj)?.0;
-        let fields = owned.unwrap_or_else(|| fields::leaves(&obj, k.schema_for(&obj)));
-        set_managed(
-            &mut obj,
-            &[Managed {
-                manager: manager.into(),
-                operation: operation.into(),
-                fields,
-                subresource: None,
-                time: None,
-            }],
-        );
+        let schema = k.schema_for(&obj).cloned();
+        // An apply's empty maps are its own until stored; a create's are never seen.
+        if owned.is_none() {
+            drop_empty(&k, &mut obj);
+        }
+        let fields = owned.unwrap_or_else(|| {
+            // What the write is compared with: an empty object. A built-in kind's (typed) one already
+            // has its `spec` and `status` structs, so a create does not own them as added maps.
+            let empty = if k.builtin {
+                json!({"spec": {}, "status": {}})
+            } else {
+                json!({})
+            };
+            let mut c = fields::compare(&empty, &obj, schema.as_ref());
+            scope(&mut c, false, k.status_subresource);
+            c.changed()
+        });
+        drop_empty(&k, &mut obj);
+        if !fields.is_empty() {
+            set_managed(
+                &mut obj,
+                &[Managed {
+                    manager: manager.into(),
+                    operation: operation.into(),
+                    fields,
+                    subresource: None,
+                    time: None,
+                }],
+            );
+        }
+        if k.builtin && group.is_empty() && plural == "namespaces" {
+            // Set after ownership is recorded, as kube-apiserver's namespace strategy does.
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
         if group == "apiextensions.k8s.io" {
             self.register_crd(&obj)?;
+            if let Some(o) = obj.as_object_mut() {
+                o.insert("status".into(), crd_status(o.get("spec")));
+            }
         }
         Ok(self.commit(key, obj, None))
     }
@@ -514,15 +686,17 @@ impl Store {
         let k = self.kind(group, plural)?.clone();
         let ns = ns.map(String::from).filter(|_| k.namespaced);
         let key: Key = (group.into(), plural.into(), ns.clone(), name.into());
-        let old = self.objects.get(&key).cloned().ok_or_else(|| {
-            ApiError::not_found(&format!("{} \"{name}\"", qualified(group, plural)))
-        })?;
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(group, plural, name))?;
         if let Some(body_name) = obj.pointer("/metadata/name").and_then(Value::as_str) {
             if !body_name.is_empty() && body_name != name {
                 return Err(ApiError::new(
                     400,
                     "BadRequest",
-                    "the name of the object does not match the name on the URL",
+                    format!("the name of the object ({body_name}) does not match the name on the URL ({name})"),
                 ));
             }
         }
@@ -538,14 +712,20 @@ impl Store {
                             .pointer("/metadata/resourceVersion")
                             .and_then(Value::as_str) =>
                 {
-                    return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(group, plural))));
+                    return Err(ApiError::stale(group, plural, name));
                 }
                 Some(_) => {}
                 None if !k.builtin => {
-                    return Err(ApiError::new(
-                        422,
-                        "Invalid",
-                        format!("{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update", k.kind),
+                    // Worded with the resource, not the kind, as kube-apiserver does here.
+                    return Err(ApiError::invalid(
+                        group,
+                        plural,
+                        name,
+                        vec![FieldErr::invalid(
+                            "metadata.resourceVersion",
+                            "0",
+                            "must be specified for an update",
+                        )],
                     ));
                 }
                 None => {}
@@ -594,34 +774,14 @@ impl Store {
                 None => m.remove("namespace"),
             };
         }
-        let (obj, _) = self.validate(&k, obj)?;
-        let mut obj = obj;
-        // Ownership: changed leaves move to `manager` (operation Update).
+        builtin_defaults(&k, &mut obj, name);
+        let (mut obj, _) = self.validate(&k, obj)?;
+        drop_empty(&k, &mut obj);
+        let schema = k.schema_for(&obj).cloned();
         let mut managed = get_managed(&old);
-        let changed = fields::changed_leaves(&old, &obj, k.schema_for(&obj));
-        if !changed.is_empty() {
-            for m in &mut managed {
-                m.fields.retain(|f| !changed.contains(f));
-            }
-            let sub = status.then(|| "status".to_string());
-            match managed
-                .iter_mut()
-                .find(|m| m.manager == manager && m.operation == "Update" && m.subresource == sub)
-            {
-                Some(m) => {
-                    m.fields.extend(changed);
-                    m.time = None;
-                }
-                None => managed.push(Managed {
-                    manager: manager.into(),
-                    operation: "Update".into(),
-                    fields: changed,
-                    subresource: sub,
-                    time: None,
-                }),
-            }
-            managed.retain(|m| !m.fields.is_empty());
-        }
+        let mut cmp = fields::compare(&old, &obj, schema.as_ref());
+        scope(&mut cmp, status, k.status_subresource);
+        record_update(&mut managed, manager, status.then(|| "status".into()), &cmp);
         set_managed(&mut obj, &managed);
         self.finish_write(key, obj, &old)
     }
@@ -648,8 +808,11 @@ impl Store {
         Ok((out, true))
     }
 
-    /// Server-side apply of `config` by `manager`. Returns the object, whether it changed, and the unknown
-    /// fields that were pruned.
+    /// Server-side apply of `config` by `manager`, as Kubernetes' structured-merge-diff does it: the
+    /// configuration is merged into the stored object; what this manager applied before, no longer
+    /// applies and nobody else owns is removed; other managers that own a field the apply changes or adds
+    /// are conflicts (409) unless `force`, which takes the fields from them. Returns the object, whether
+    /// it changed, and the unknown fields that were pruned.
     pub fn apply(
         &mut self,
         group: &str,
@@ -677,20 +840,43 @@ impl Store {
                 m.remove(f);
             }
         }
-        let (config, warnings) = self.validate_partial(&k, config)?;
-        let schema = k.schema_for(&config);
-        let mut applied = fields::leaves(&config, schema);
+        if let Some(schema) = k.schema_for(&config) {
+            // kube-apiserver types an apply configuration of a custom resource before anything else: a
+            // field its schema does not declare, or a value of the wrong type, fails the request (500),
+            // whatever fieldValidation says.
+            let mut errs = Vec::new();
+            typed_errors(&config, schema, "", true, &mut errs);
+            if !errs.is_empty() {
+                let text = if errs.len() == 1 {
+                    errs.remove(0)
+                } else {
+                    format!("errors:\n  {}", errs.join("\n  "))
+                };
+                return Err(ApiError::new(
+                    500,
+                    "",
+                    format!(
+                        "failed to create typed patch object ({}/{name}; {}, Kind={}): {text}",
+                        ns.as_deref().unwrap_or(""),
+                        config["apiVersion"].as_str().unwrap_or(""),
+                        k.kind
+                    ),
+                ));
+            }
+        }
+        let (config, unknown) = self.validate_partial(&k, config)?;
+        let schema = k.schema_for(&config).cloned();
+        let schema = schema.as_ref();
+        let mut applied = fields::field_set(&config, schema);
+        let under_status = |f: &FieldPath| f.first().map(String::as_str) == Some("f:status");
         if status {
-            applied.retain(|f| f.first().map(String::as_str) == Some("f:status"));
+            applied.retain(under_status);
         } else if k.status_subresource {
-            applied.retain(|f| f.first().map(String::as_str) != Some("f:status"));
+            applied.retain(|f| !under_status(f));
         }
         let Some(old) = self.objects.get(&key).cloned() else {
             if status {
-                return Err(ApiError::not_found(&format!(
-                    "{} \"{name}\"",
-                    qualified(group, plural)
-                )));
+                return Err(ApiError::not_found(group, plural, name));
             }
             let mut obj = config.clone();
             if k.status_subresource {
@@ -708,103 +894,73 @@ impl Store {
                 "Apply",
                 Some(applied),
             )?;
-            return Ok((created, true, warnings));
+            return Ok((created, true, unknown));
         };
         let sub = status.then(|| "status".to_string());
         let mine =
             |m: &Managed| m.manager == manager && m.operation == "Apply" && m.subresource == sub;
         let mut managed = get_managed(&old);
-        // Conflicts: a field another manager owns, applied with a different value.
-        let mut conflicts: Vec<(String, String)> = Vec::new();
-        for m in managed.iter().filter(|m| !mine(m)) {
-            for f in &m.fields {
-                if applied.contains(f) && fields::get_path(&old, f) != fields::get_path(&config, f)
-                {
-                    conflicts.push((m.manager.clone(), fields::display(f)));
-                }
-            }
-        }
-        if !conflicts.is_empty() && !force {
-            let causes: Vec<Value> = conflicts
-                .iter()
-                .map(|(m, f)| json!({"type": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f}))
-                .collect();
-            let text: Vec<String> = conflicts
-                .iter()
-                .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
-                .collect();
-            let mut e = ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Apply failed with {} conflict{}: {}",
-                    conflicts.len(),
-                    if conflicts.len() == 1 { "" } else { "s" },
-                    text.join("\n")
-                ),
-            );
-            e.details =
-                Some(json!({"name": name, "group": group, "kind": plural, "causes": causes}));
-            return Err(e);
-        }
-        let previously: FieldSet = managed
+        let last: FieldSet = managed
             .iter()
             .filter(|m| mine(m))
             .flat_map(|m| m.fields.iter().cloned())
             .collect();
-        // Applied fields move to this manager (with force, from the others; without conflicts, fields
-        // applied with the same value become shared, as in Kubernetes).
-        for m in managed.iter_mut().filter(|m| !mine(m)) {
-            let before = m.fields.len();
-            m.fields.retain(|f| {
-                !(applied.contains(f) && fields::get_path(&old, f) != fields::get_path(&config, f))
-            });
-            if m.fields.len() != before {
-                m.time = None;
-            }
-        }
-        let others: FieldSet = managed
+        let owned: FieldSet = managed
             .iter()
             .filter(|m| !mine(m))
             .flat_map(|m| m.fields.iter().cloned())
+            .chain(applied.iter().cloned())
             .collect();
+        // Anything owned at or under a path keeps it (a keyed item another manager has fields in stays).
+        let kept = |p: &[String]| owned.iter().any(|f| f.starts_with(p));
         let mut obj = old.clone();
-        let keep_item = |item: &[String]| others.iter().any(|f| f.starts_with(item));
-        for f in previously
-            .iter()
-            .filter(|f| !applied.contains(*f) && !others.contains(*f))
-        {
-            fields::remove_path(&mut obj, f, &keep_item);
-        }
         merge_config(&mut obj, &config, status, k.status_subresource, schema);
-        self.validate(&k, obj.clone())?;
-        let same_fields = previously == applied;
-        let old_time = managed
-            .iter()
-            .find(|m| mine(m))
-            .and_then(|m| m.time.clone());
-        managed.retain(|m| !mine(m));
-        managed.push(Managed {
-            manager: manager.into(),
-            operation: "Apply".into(),
-            fields: applied,
-            subresource: sub.clone(),
-            time: if same_fields { old_time } else { None },
-        });
+        for f in last.iter().filter(|f| !kept(f)) {
+            fields::remove_path(&mut obj, f, &kept);
+        }
+        builtin_defaults(&k, &mut obj, name);
+        let (mut obj, _) = self.validate(&k, obj)?;
+        let mut cmp = fields::compare(&strip_managed(&old), &strip_managed(&obj), schema);
+        scope(&mut cmp, status, k.status_subresource);
+        drop_empty(&k, &mut obj);
+        let changed = cmp.changed();
+        let mut conflicts: Vec<(&Managed, FieldPath)> = Vec::new();
+        for m in managed.iter().filter(|m| !mine(m)) {
+            for f in m.fields.intersection(&changed) {
+                conflicts.push((m, f.clone()));
+            }
+        }
+        if !conflicts.is_empty() && !force {
+            let version = obj["apiVersion"].as_str().unwrap_or("").to_string();
+            return Err(conflict_error(&conflicts, &version));
+        }
+        for m in managed.iter_mut().filter(|m| !mine(m)) {
+            m.fields
+                .retain(|f| !changed.contains(f) && !cmp.removed.contains(f));
+        }
+        let object_changed = strip_managed(&obj) != strip_managed(&old);
+        match managed.iter_mut().find(|m| mine(m)) {
+            Some(m) => {
+                if m.fields != applied || object_changed {
+                    m.time = None;
+                }
+                m.fields = applied;
+            }
+            None => managed.push(Managed {
+                manager: manager.into(),
+                operation: "Apply".into(),
+                fields: applied,
+                subresource: sub.clone(),
+                time: None,
+            }),
+        }
         managed.retain(|m| !m.fields.is_empty());
         set_managed(&mut obj, &managed);
-        if strip_managed(&obj) == strip_managed(&old) && same_managed(&obj, &old) {
-            return Ok((old, false, warnings));
-        }
-        if strip_managed(&obj) != strip_managed(&old) {
-            // The object changed: this manager's entry gets a new time.
-            if let Some(m) = managed.iter_mut().find(|m| mine(m)) {
-                m.time = None;
-            }
-            set_managed(&mut obj, &managed);
+        if !object_changed && same_managed(&obj, &old) {
+            return Ok((old, false, unknown));
         }
         let (out, changed) = self.finish_write(key, obj, &old)?;
-        Ok((out, changed, warnings))
+        Ok((out, changed, unknown))
     }
 
     pub fn delete(
@@ -825,7 +981,7 @@ impl Store {
             .objects
             .get(&key)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(&format!("{plural} \"{name}\"")))?;
+            .ok_or_else(|| ApiError::not_found(group, plural, name))?;
         let has_finalizers = old
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -838,7 +994,16 @@ impl Store {
             meta_mut(&mut obj).insert("deletionTimestamp".into(), json!(now()));
             return Ok(self.commit(key, obj, Some(&old)));
         }
-        Ok(self.remove(&key).unwrap_or(old))
+        let gone = self.remove(&key).unwrap_or(old);
+        if k.builtin && group.is_empty() && plural == "namespaces" {
+            // A real server answers with the namespace Terminating; its namespace controller empties and
+            // removes it later. The emulator has done both already.
+            let mut answer = gone;
+            meta_mut(&mut answer).insert("deletionTimestamp".into(), json!(now()));
+            answer["status"] = json!({"phase": "Terminating"});
+            return Ok(answer);
+        }
+        Ok(gone)
     }
 
     fn remove(&mut self, key: &Key) -> Option<Value> {
@@ -901,14 +1066,15 @@ impl Store {
         }
     }
 
-    /// Validates a custom resource against its schema: type errors fail; unknown fields are pruned (and
-    /// named in the returned warnings), or fail under `fieldValidation=Strict` (handled by the caller).
+    /// Admits a custom resource as a real server does: unknown fields are pruned (and returned, for the
+    /// `Warning` header or a `fieldValidation=Strict` refusal), nulls of non-nullable fields dropped,
+    /// `default`s filled in, then the schema checked (422 Invalid, with a cause per error).
     pub fn validate(&self, k: &Kind, obj: Value) -> Result<(Value, Vec<String>), ApiError> {
         self.validate_with(k, obj, true)
     }
 
-    /// As [`Store::validate`], without `required` checks: for an apply configuration, which need not
-    /// repeat fields others own (the merged object is validated in full).
+    /// As [`Store::validate`], without `required` checks and without defaults: for an apply configuration,
+    /// which need not repeat fields others own (the merged object is validated in full).
     pub fn validate_partial(&self, k: &Kind, obj: Value) -> Result<(Value, Vec<String>), ApiError> {
         self.validate_with(k, obj, false)
     }
@@ -917,88 +1083,375 @@ impl Store {
         &self,
         k: &Kind,
         mut obj: Value,
-        required: bool,
+        full: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
-        let mut warnings = Vec::new();
+        let mut unknown = Vec::new();
         let Some(schema) = k.schema_for(&obj).cloned() else {
-            return Ok((obj, warnings));
+            return Ok((obj, unknown));
         };
+        prune(&mut obj, &schema, "", true, &mut unknown);
+        if full {
+            apply_defaults(&mut obj, &schema, true);
+        }
         let mut errors = Vec::new();
-        if let (Some(props), Some(o)) = (
-            schema.get("properties").and_then(Value::as_object),
-            obj.as_object_mut(),
-        ) {
-            for (key, value) in o.iter_mut() {
+        if let Some(o) = obj.as_object() {
+            let props = schema.get("properties").and_then(Value::as_object);
+            // A status-only write (an apply to /status) need not repeat the spec.
+            let status_only = o.get("spec").is_none() && o.get("status").is_some();
+            if let Some(Value::Array(req)) = schema.get("required").filter(|_| full && !status_only)
+            {
+                for r in req.iter().filter_map(Value::as_str) {
+                    if o.get(r).is_none() {
+                        errors.push(FieldErr::required(r, ""));
+                    }
+                }
+            }
+            for (key, value) in o {
                 if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                if let Some(ps) = props.get(key) {
-                    check(value, ps, &format!(".{key}"), &mut errors, &mut warnings);
+                if let Some(ps) = props.and_then(|p| p.get(key)) {
+                    check(value, ps, key, full, &mut errors);
                 }
             }
-        }
-        // A status-only write (an apply to /status) need not repeat the spec.
-        let status_only = obj.get("spec").is_none() && obj.get("status").is_some();
-        if let Some(Value::Array(req)) = schema.get("required").filter(|_| !status_only) {
-            for r in req.iter().filter_map(Value::as_str) {
-                if obj.get(r).is_none() {
-                    errors.push(format!(".{r}: Required value"));
-                }
-            }
-        }
-        if let Some(o) = obj.as_object_mut() {
-            let known: BTreeSet<&str> = ["apiVersion", "kind", "metadata"].into_iter().collect();
-            let props = schema.get("properties").and_then(Value::as_object);
-            let unknown: Vec<String> = o
-                .keys()
-                .filter(|key| {
-                    !known.contains(key.as_str()) && !props.is_some_and(|p| p.contains_key(*key))
-                })
-                .cloned()
-                .collect();
-            for u in unknown {
-                o.remove(&u);
-                warnings.push(format!(".{u}"));
-            }
-        }
-        if !required {
-            errors.retain(|e| !e.ends_with(": Required value"));
         }
         if !errors.is_empty() {
-            return Err(ApiError::new(
-                422,
-                "Invalid",
-                format!(
-                    "{} \"{}\" is invalid: {}",
-                    k.kind,
-                    obj.pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or(""),
-                    errors.join(", ")
-                ),
-            ));
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            // As kube-apiserver: with CEL rules in the schema, an error that keeps them from running says so.
+            let blocking = errors.iter().any(|e| {
+                matches!(
+                    e.reason,
+                    "FieldValueNotSupported"
+                        | "FieldValueRequired"
+                        | "FieldValueTooLong"
+                        | "FieldValueTooMany"
+                        | "FieldValueTypeInvalid"
+                )
+            });
+            if blocking && has_cel(&schema) {
+                errors.push(FieldErr {
+                    field: "<nil>".into(),
+                    reason: "FieldValueInvalid",
+                    body: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+                });
+            }
+            return Err(ApiError::invalid(&k.group, &k.kind, name, errors));
         }
-        Ok((obj, warnings))
+        Ok((obj, unknown))
     }
 }
 
-fn check(
-    v: &mut Value,
-    s: &Value,
-    path: &str,
-    errors: &mut Vec<String>,
-    unknown: &mut Vec<String>,
-) {
-    if v.is_null() {
-        if s.get("nullable").and_then(Value::as_bool) != Some(true) {
-            // Kubernetes drops nulls from apply configurations; treat as absent.
+/// One validation error, as Kubernetes' `field.Error`: the field path, its reason (cause type) and its
+/// text (`ErrorBody`).
+#[derive(Clone, Debug)]
+pub struct FieldErr {
+    pub field: String,
+    pub reason: &'static str,
+    pub body: String,
+}
+
+impl FieldErr {
+    pub fn required(field: &str, detail: &str) -> FieldErr {
+        FieldErr {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            body: with_detail("Required value", detail),
         }
+    }
+    pub fn invalid(field: &str, value: &str, detail: &str) -> FieldErr {
+        FieldErr {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            body: with_detail(&format!("Invalid value: {value}"), detail),
+        }
+    }
+    fn type_invalid(field: &str, type_name: &str, detail: &str) -> FieldErr {
+        FieldErr {
+            field: field.into(),
+            reason: "FieldValueTypeInvalid",
+            body: with_detail(&format!("Invalid value: {}", go_quote(type_name)), detail),
+        }
+    }
+    fn not_supported(field: &str, value: &str, supported: &[String]) -> FieldErr {
+        let quoted: Vec<String> = supported.iter().map(|s| go_quote(s)).collect();
+        FieldErr {
+            field: field.into(),
+            reason: "FieldValueNotSupported",
+            body: with_detail(
+                &format!("Unsupported value: {value}"),
+                &if quoted.is_empty() {
+                    String::new()
+                } else {
+                    format!("supported values: {}", quoted.join(", "))
+                },
+            ),
+        }
+    }
+    fn too_long(field: &str, max: u64) -> FieldErr {
+        FieldErr {
+            field: field.into(),
+            reason: "FieldValueTooLong",
+            body: format!(
+                "Too long: may not be more than {max} {}",
+                if max == 1 { "byte" } else { "bytes" }
+            ),
+        }
+    }
+    fn too_many(field: &str, actual: u64, max: u64) -> FieldErr {
+        FieldErr {
+            field: field.into(),
+            reason: "FieldValueTooMany",
+            body: format!(
+                "Too many: {actual}: must have at most {max} {}",
+                if max == 1 { "item" } else { "items" }
+            ),
+        }
+    }
+    /// `field: body`, as in a Status message.
+    pub fn text(&self) -> String {
+        format!("{}: {}", self.field, self.body)
+    }
+}
+
+fn with_detail(head: &str, detail: &str) -> String {
+    if detail.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}: {detail}")
+    }
+}
+
+/// A string as Go's `%q` prints it (JSON's escaping agrees for what schemas and names hold).
+pub fn go_quote(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// A value as `field.Error` prints it: strings quoted, numbers and booleans plain, the rest as JSON.
+fn go_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => go_quote(s),
+        other => other.to_string(),
+    }
+}
+
+/// The JSON type of a value, in OpenAPI's words.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Whether a schema holds a CEL rule anywhere.
+fn has_cel(s: &Value) -> bool {
+    match s {
+        Value::Object(m) => m.contains_key("x-kubernetes-validations") || m.values().any(has_cel),
+        Value::Array(a) => a.iter().any(has_cel),
+        _ => false,
+    }
+}
+
+fn flag(s: &Value, name: &str) -> bool {
+    s.get(name).and_then(Value::as_bool) == Some(true)
+}
+
+/// Structural pruning: drops what the schema does not declare (naming it in `unknown`, `spec.x` style)
+/// and nulls of fields that are not nullable.
+fn prune(v: &mut Value, s: &Value, path: &str, at_root: bool, unknown: &mut Vec<String>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            if flag(s, "x-kubernetes-int-or-string") {
+                return;
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            let additional = s.get("additionalProperties");
+            let preserve = flag(s, "x-kubernetes-preserve-unknown-fields");
+            let keys: Vec<String> = m.keys().cloned().collect();
+            for key in keys {
+                if at_root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                let sub = props
+                    .and_then(|p| p.get(&key))
+                    .or_else(|| additional.filter(|a| a.is_object()));
+                match sub {
+                    Some(ps) => {
+                        let null = m.get(&key).is_some_and(Value::is_null);
+                        if null && !flag(ps, "nullable") {
+                            m.remove(&key);
+                        } else if let Some(x) = m.get_mut(&key) {
+                            prune(x, ps, &join(&key), false, unknown);
+                        }
+                    }
+                    None => {
+                        let keep = preserve
+                            || additional.and_then(Value::as_bool) == Some(true)
+                            || (props.is_none()
+                                && additional.is_none()
+                                && s.get("type").and_then(Value::as_str) != Some("object"));
+                        if !keep {
+                            m.remove(&key);
+                            unknown.push(join(&key));
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                for (i, x) in a.iter_mut().enumerate() {
+                    prune(x, items, &format!("{path}[{i}]"), false, unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What structured-merge-diff refuses when it types an apply configuration: undeclared fields and values
+/// of the wrong type, as `.path: message`.
+fn typed_errors(v: &Value, s: &Value, path: &str, at_root: bool, out: &mut Vec<String>) {
+    if v.is_null() || flag(s, "x-kubernetes-int-or-string") {
         return;
     }
-    if s.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    let got = |v: &Value| match v {
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "float64",
+        Value::String(_) => "string",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
+        Value::Null => "<nil>",
+    };
+    match s.get("type").and_then(Value::as_str) {
+        Some("integer") | Some("number") if !v.is_number() => {
+            out.push(format!(
+                "{path}: expected numeric (int or float), got {}",
+                got(v)
+            ));
+            return;
+        }
+        Some("string") if !v.is_string() => {
+            out.push(format!("{path}: expected string, got {v}"));
+            return;
+        }
+        Some("boolean") if !v.is_boolean() => {
+            out.push(format!("{path}: expected boolean, got {v}"));
+            return;
+        }
+        Some("object") if !v.is_object() => {
+            out.push(format!("{path}: expected map, got {v}"));
+            return;
+        }
+        Some("array") if !v.is_array() => {
+            out.push(format!("{path}: expected list, got {v}"));
+            return;
+        }
+        _ => {}
+    }
+    match v {
+        Value::Object(m) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            let additional = s.get("additionalProperties");
+            let preserve = flag(s, "x-kubernetes-preserve-unknown-fields");
+            for (k, x) in m {
+                if at_root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                let sub = format!("{path}.{k}");
+                match props
+                    .and_then(|p| p.get(k))
+                    .or_else(|| additional.filter(|a| a.is_object()))
+                {
+                    Some(ps) => typed_errors(x, ps, &sub, false, out),
+                    None if preserve || additional.and_then(Value::as_bool) == Some(true) => {}
+                    None => out.push(format!("{sub}: field not declared in schema")),
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                let keys = fields::list_map_keys(Some(s));
+                for (i, x) in a.iter().enumerate() {
+                    let el = match keys.as_ref().and_then(|k| fields::item_key(x, k)) {
+                        Some(k) => fields::display(&[k]),
+                        None => format!("[{i}]"),
+                    };
+                    typed_errors(x, items, &format!("{path}{el}"), false, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fills in the schema's `default`s where a field is absent (inside objects that are there, a defaulted
+/// object included), as a real server does on every write and read.
+fn apply_defaults(v: &mut Value, s: &Value, at_root: bool) {
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (k, ps) in props {
+                    if at_root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                        continue;
+                    }
+                    if let (None, Some(d)) = (m.get(k), ps.get("default")) {
+                        m.insert(k.clone(), d.clone());
+                    }
+                }
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            let additional = s.get("additionalProperties").filter(|a| a.is_object());
+            for (k, x) in m.iter_mut() {
+                if at_root && k == "metadata" {
+                    continue;
+                }
+                if let Some(ps) = props.and_then(|p| p.get(k)).or(additional) {
+                    apply_defaults(x, ps, false);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                for x in a {
+                    apply_defaults(x, items, false);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks a value against its schema, as kube-apiserver's OpenAPI validation words it. `required`:
+/// whether required fields are checked (not for an apply configuration).
+fn check(v: &Value, s: &Value, path: &str, required: bool, errors: &mut Vec<FieldErr>) {
+    if v.is_null() {
+        return;
+    }
+    let name = path;
+    if flag(s, "x-kubernetes-int-or-string") {
         if !(v.is_string() || v.is_i64() || v.is_u64()) {
-            errors.push(format!(
-                "{path}: Invalid value: must be an integer or a string"
+            errors.push(FieldErr::type_invalid(
+                path,
+                type_name(v),
+                &format!(
+                    "{name} in body must be of type integer,string: {}",
+                    go_quote(type_name(v))
+                ),
             ));
         }
         return;
@@ -1014,119 +1467,137 @@ fn check(
         _ => true,
     };
     if !ok {
-        errors.push(format!(
-            "{path}: Invalid value: \"{}\": {path} in body must be of type {}",
-            short(v),
-            ty.unwrap_or("?")
+        errors.push(FieldErr::type_invalid(
+            path,
+            type_name(v),
+            &format!(
+                "{name} in body must be of type {}: {}",
+                ty.unwrap_or("?"),
+                go_quote(type_name(v))
+            ),
         ));
         return;
     }
     if let Some(Value::Array(en)) = s.get("enum") {
         if !en.contains(v) {
-            errors.push(format!("{path}: Unsupported value: {}", short(v)));
+            let supported: Vec<String> = en
+                .iter()
+                .map(|e| match e {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            errors.push(FieldErr::not_supported(path, &go_value(v), &supported));
         }
     }
-    if let (Some(min), Some(x)) = (s.get("minimum").and_then(Value::as_f64), v.as_f64()) {
-        if x < min {
-            errors.push(format!(
-                "{path}: Invalid value: {x}: must be greater than or equal to {min}"
-            ));
+    if let Some(x) = v.as_f64() {
+        let exclusive = |k: &str| flag(s, k);
+        if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
+            let (bad, words) = if exclusive("exclusiveMaximum") {
+                (x >= max, "less than")
+            } else {
+                (x > max, "less than or equal to")
+            };
+            if bad {
+                errors.push(FieldErr::invalid(
+                    path,
+                    &go_value(v),
+                    &format!("{name} in body should be {words} {max}"),
+                ));
+            }
         }
-    }
-    if let (Some(max), Some(x)) = (s.get("maximum").and_then(Value::as_f64), v.as_f64()) {
-        if x > max {
-            errors.push(format!(
-                "{path}: Invalid value: {x}: must be less than or equal to {max}"
-            ));
-        }
-    }
-    if let (Some(p), Some(x)) = (s.get("pattern").and_then(Value::as_str), v.as_str()) {
-        if pattern_matches(p, x) == Some(false) {
-            errors.push(format!(
-                "{path}: Invalid value: \"{}\": {path} in body should match '{p}'",
-                short(v)
-            ));
-        }
-    }
-    let len = |v: &Value| match v {
-        Value::String(x) => Some(x.chars().count() as u64),
-        Value::Array(a) => Some(a.len() as u64),
-        Value::Object(m) => Some(m.len() as u64),
-        _ => None,
-    };
-    for (bound, kind) in [
-        ("minLength", "String"),
-        ("maxLength", "String"),
-        ("minItems", "Array"),
-        ("maxItems", "Array"),
-        ("minProperties", "Object"),
-        ("maxProperties", "Object"),
-    ] {
-        let applies = match kind {
-            "String" => v.is_string(),
-            "Array" => v.is_array(),
-            _ => v.is_object(),
-        };
-        if let (true, Some(b), Some(n)) = (applies, s.get(bound).and_then(Value::as_u64), len(v)) {
-            let too_short = bound.starts_with("min") && n < b;
-            let too_long = bound.starts_with("max") && n > b;
-            if too_short || too_long {
-                errors.push(format!(
-                    "{path}: Invalid value: {n}: {path} in body should have {} {b} {}",
-                    if too_short { "at least" } else { "at most" },
-                    match kind {
-                        "String" => "chars long",
-                        "Array" => "items",
-                        _ => "properties",
-                    }
+        if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
+            let (bad, words) = if exclusive("exclusiveMinimum") {
+                (x <= min, "greater than")
+            } else {
+                (x < min, "greater than or equal to")
+            };
+            if bad {
+                errors.push(FieldErr::invalid(
+                    path,
+                    &go_value(v),
+                    &format!("{name} in body should be {words} {min}"),
                 ));
             }
         }
     }
-    let preserve = s
-        .get("x-kubernetes-preserve-unknown-fields")
-        .and_then(Value::as_bool)
-        == Some(true);
+    if let Some(text) = v.as_str() {
+        let n = text.chars().count() as u64;
+        if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
+            if n > max {
+                errors.push(FieldErr::too_long(path, max));
+            }
+        }
+        if let Some(min) = s.get("minLength").and_then(Value::as_u64) {
+            if n < min {
+                errors.push(FieldErr::invalid(
+                    path,
+                    &go_value(v),
+                    &format!("{name} in body should be at least {min} chars long"),
+                ));
+            }
+        }
+        if let Some(p) = s.get("pattern").and_then(Value::as_str) {
+            if pattern_matches(p, text) == Some(false) {
+                errors.push(FieldErr::invalid(
+                    path,
+                    &go_value(v),
+                    &format!("{name} in body should match '{p}'"),
+                ));
+            }
+        }
+    }
     match v {
         Value::Object(m) => {
-            if let Some(Value::Array(req)) = s.get("required") {
+            let n = m.len() as u64;
+            if let Some(max) = s.get("maxProperties").and_then(Value::as_u64) {
+                if n > max {
+                    errors.push(FieldErr::too_many(path, n, max));
+                }
+            }
+            if let Some(min) = s.get("minProperties").and_then(Value::as_u64) {
+                if n < min {
+                    errors.push(FieldErr::invalid(
+                        path,
+                        &n.to_string(),
+                        &format!("{name} in body should have at least {min} properties"),
+                    ));
+                }
+            }
+            if let Some(Value::Array(req)) = s.get("required").filter(|_| required) {
                 for r in req.iter().filter_map(Value::as_str) {
                     if !m.contains_key(r) {
-                        errors.push(format!("{path}.{r}: Required value"));
+                        errors.push(FieldErr::required(&format!("{path}.{r}"), ""));
                     }
                 }
             }
             let props = s.get("properties").and_then(Value::as_object);
-            let additional = s.get("additionalProperties");
-            let keys: Vec<String> = m.keys().cloned().collect();
-            for key in keys {
-                let sub = format!("{path}.{key}");
-                if let Some(ps) = props.and_then(|p| p.get(&key)) {
-                    if let Some(x) = m.get_mut(&key) {
-                        check(x, ps, &sub, errors, unknown);
-                    }
-                } else if let Some(a) = additional.filter(|a| a.is_object()) {
-                    if let Some(x) = m.get_mut(&key) {
-                        check(x, a, &sub, errors, unknown);
-                    }
-                } else if additional.and_then(Value::as_bool) == Some(true)
-                    || preserve
-                    || (props.is_none() && additional.is_none() && ty != Some("object"))
-                {
-                } else if props.is_none() && additional.is_none() {
-                    // An object schema with neither properties nor additionalProperties keeps nothing.
-                    m.remove(&key);
-                    unknown.push(sub);
-                } else {
-                    m.remove(&key);
-                    unknown.push(sub);
+            let additional = s.get("additionalProperties").filter(|a| a.is_object());
+            for (key, x) in m {
+                if let Some(ps) = props.and_then(|p| p.get(key)).or(additional) {
+                    check(x, ps, &format!("{path}.{key}"), required, errors);
                 }
             }
         }
         Value::Array(a) => {
+            let n = a.len() as u64;
+            if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
+                if n > max {
+                    errors.push(FieldErr::too_many(path, n, max));
+                }
+            }
+            if let Some(min) = s.get("minItems").and_then(Value::as_u64) {
+                if n < min {
+                    errors.push(FieldErr::invalid(
+                        path,
+                        &n.to_string(),
+                        &format!("{name} in body should have at least {min} items"),
+                    ));
+                }
+            }
             if let Some(items) = s.get("items") {
-                for (i, x) in a.iter_mut().enumerate() {
-                    check(x, items, &format!("{path}[{i}]"), errors, unknown);
+                for (i, x) in a.iter().enumerate() {
+                    check(x, items, &format!("{path}[{i}]"), required, errors);
                 }
             }
         }
@@ -1150,15 +1621,6 @@ fn pattern_matches(pattern: &str, text: &str) -> Option<bool> {
     })
 }
 
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 40 {
-        format!("{}...", &s[..40])
-    } else {
-        s.trim_matches('"').to_string()
-    }
-}
-
 pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.is_object() {
         *obj = json!({});
@@ -1174,6 +1636,37 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
         unreachable!("made an object above")
     };
     m
+}
+
+/// A CustomResourceDefinition's status as a real server reports it once the CRD is served: names accepted,
+/// Established, the storage version stored.
+fn crd_status(spec: Option<&Value>) -> Value {
+    let spec = spec.cloned().unwrap_or(json!({}));
+    let mut names = spec.get("names").cloned().unwrap_or(json!({}));
+    if names.get("listKind").is_none() {
+        if let Some(kind) = names.get("kind").and_then(Value::as_str) {
+            names["listKind"] = json!(format!("{kind}List"));
+        }
+    }
+    let stored: Vec<Value> = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v["storage"].as_bool() == Some(true))
+                .map(|v| v["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let t = now();
+    json!({
+        "acceptedNames": names,
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "lastTransitionTime": t, "reason": "NoConflicts", "message": "no conflicts found"},
+            {"type": "Established", "status": "True", "lastTransitionTime": t, "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"},
+        ],
+        "storedVersions": stored,
+    })
 }
 
 fn strip_meta_status(v: &Value) -> Value {
@@ -1223,6 +1716,23 @@ fn same_managed(a: &Value, b: &Value) -> bool {
         m
     };
     key(a) == key(b)
+}
+
+/// A Status's `details`: name and group only when not empty, as a real server leaves them out.
+pub fn details(name: &str, group: &str, kind: &str) -> Value {
+    let mut d = json!({"kind": kind});
+    if !name.is_empty() {
+        d["name"] = json!(name);
+    }
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
+    d
+}
+
+/// `Kind.group` (or `Kind` for the core group).
+pub fn qualified_kind(group: &str, kind: &str) -> String {
+    qualified(group, kind)
 }
 
 /// `plural.group` (or `plural` for the core group), as in the real server's messages.
@@ -1286,8 +1796,206 @@ pub fn get_managed(obj: &Value) -> Vec<Managed> {
         .unwrap_or_default()
 }
 
+/// Only what a write may change counts: `.status` alone on the status subresource, everything but
+/// `.status` on the main resource of a kind with a status subresource.
+fn scope(c: &mut fields::Comparison, status: bool, has_status_subresource: bool) {
+    let under_status = |f: &FieldPath| f.first().map(String::as_str) == Some("f:status");
+    if status {
+        c.retain(under_status);
+    } else if has_status_subresource {
+        c.retain(|f| !under_status(f));
+    }
+}
+
+/// Ownership after a non-apply write by `manager` (operation Update): what it added or changed becomes
+/// its own and leaves the other managers; what it removed leaves everyone.
+fn record_update(
+    managed: &mut Vec<Managed>,
+    manager: &str,
+    subresource: Option<String>,
+    c: &fields::Comparison,
+) {
+    let changed = c.changed();
+    if changed.is_empty() && c.removed.is_empty() {
+        return;
+    }
+    let me = |m: &Managed| {
+        m.manager == manager && m.operation == "Update" && m.subresource == subresource
+    };
+    for m in managed.iter_mut().filter(|m| !me(m)) {
+        m.fields
+            .retain(|f| !changed.contains(f) && !c.removed.contains(f));
+    }
+    match managed.iter_mut().find(|m| me(m)) {
+        Some(m) => {
+            m.fields.retain(|f| !c.removed.contains(f));
+            m.fields.extend(changed);
+            m.time = None;
+        }
+        None => managed.push(Managed {
+            manager: manager.into(),
+            operation: "Update".into(),
+            fields: changed,
+            subresource,
+            time: None,
+        }),
+    }
+    managed.retain(|m| !m.fields.is_empty());
+}
+
+/// How kube-apiserver names a manager in a conflict.
+fn print_manager(m: &Managed, version: &str) -> String {
+    let mut s = go_quote(&m.manager);
+    if let Some(sub) = &m.subresource {
+        s = format!("{s} with subresource {}", go_quote(sub));
+    }
+    if m.operation == "Update" {
+        s = format!("{s} using {version}");
+    }
+    s
+}
+
+/// The 409 of an apply that conflicts, worded as kube-apiserver words it.
+fn conflict_error(conflicts: &[(&Managed, FieldPath)], version: &str) -> ApiError {
+    let mut sorted: Vec<(&Managed, FieldPath)> = conflicts.to_vec();
+    sorted.sort_by(|(a, f), (b, g)| {
+        (&a.manager, &a.operation, &a.subresource)
+            .cmp(&(&b.manager, &b.operation, &b.subresource))
+            .then_with(|| fields::smd_order(f, g))
+    });
+    let causes: Vec<Value> = sorted
+        .iter()
+        .map(|(m, f)| {
+            json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", print_manager(m, version)),
+                   "field": fields::display(f)})
+        })
+        .collect();
+    let message = if let [(m, f)] = sorted.as_slice() {
+        format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            print_manager(m, version),
+            fields::display(f)
+        )
+    } else {
+        let mut lines: Vec<String> = Vec::new();
+        let mut last: Option<String> = None;
+        for (m, f) in &sorted {
+            let who = print_manager(m, version);
+            if last.as_ref() != Some(&who) {
+                lines.push(format!("conflicts with {who}:"));
+                last = Some(who);
+            }
+            lines.push(format!("- {}", fields::display(f)));
+        }
+        format!(
+            "Apply failed with {} conflicts: {}",
+            sorted.len(),
+            lines.join("\n")
+        )
+    };
+    ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
+}
+
+/// What kube-apiserver's decoding and defaulting do to built-in kinds: a namespace carries the
+/// `kubernetes.io/metadata.name` label; a Secret's `stringData` is merged into `data` (base64) and its
+/// `type` defaults to `Opaque`.
+fn builtin_defaults(k: &Kind, obj: &mut Value, name: &str) {
+    if k.builtin && k.group.is_empty() && k.plural == "secrets" {
+        if let Some(o) = obj.as_object_mut() {
+            if let Some(Value::Object(strings)) = o.remove("stringData") {
+                let data = o.entry("data").or_insert_with(|| json!({}));
+                if !data.is_object() {
+                    *data = json!({});
+                }
+                for (key, v) in strings {
+                    let text = v.as_str().unwrap_or_default().as_bytes().to_vec();
+                    data[key] = json!(base64(&text));
+                }
+            }
+            o.entry("type").or_insert_with(|| json!("Opaque"));
+        }
+    }
+    if k.builtin && k.group.is_empty() && k.plural == "namespaces" {
+        let m = meta_mut(obj);
+        let labels = m.entry("labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        labels["kubernetes.io/metadata.name"] = json!(name);
+    }
+}
+
+/// Standard base64 with padding (a Secret's data).
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                char::from(T[((n >> (18 - 6 * i)) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// What a real server does not serialize: empty maps and lists of metadata (and of a ConfigMap's or
+/// Secret's data). Ownership is computed before this, as kube-apiserver computes it on the decoded
+/// object.
+fn drop_empty(k: &Kind, obj: &mut Value) {
+    let empty = |v: &Value| {
+        v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty)
+    };
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            if m.get(f).is_some_and(|v| empty(v) || v.is_null()) {
+                m.remove(f);
+            }
+        }
+    }
+    if !k.builtin || !k.group.is_empty() {
+        return;
+    }
+    if matches!(k.plural.as_str(), "configmaps" | "secrets") {
+        if let Some(o) = obj.as_object_mut() {
+            for f in ["data", "binaryData", "stringData"] {
+                if o.get(f).is_some_and(|v| empty(v) || v.is_null()) {
+                    o.remove(f);
+                }
+            }
+        }
+    }
+}
+
 fn set_managed(obj: &mut Value, managed: &[Managed]) {
     let version = obj.get("apiVersion").cloned().unwrap_or(json!("v1"));
+    // kube-apiserver's order: by operation, time, manager, subresource.
+    let mut managed = managed.to_vec();
+    let t = now();
+    managed.sort_by(|a, b| {
+        (
+            &a.operation,
+            a.time.as_deref().unwrap_or(&t),
+            &a.manager,
+            &a.subresource,
+        )
+            .cmp(&(
+                &b.operation,
+                b.time.as_deref().unwrap_or(&t),
+                &b.manager,
+                &b.subresource,
+            ))
+    });
+    if managed.is_empty() {
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        return;
+    }
     let entries: Vec<Value> = managed
         .iter()
         .map(|m| {
@@ -1301,53 +2009,4 @@ fn set_managed(obj: &mut Value, managed: &[Managed]) {
         })
         .collect();
     meta_mut(obj).insert("managedFields".into(), Value::Array(entries));
-}
-
-/// Kubernetes label selector (`a=b,c!=d,e in (x,y),f notin (z),g,!h`).
-pub fn selector_matches(sel: &str, labels: &Map<String, Value>) -> bool {
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in sel.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&sel[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&sel[start..]);
-    parts
-        .iter()
-        .map(|p| p.trim())
-        .filter(|p| !p.is_empty())
-        .all(|p| {
-            let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
-            if let Some((k, v)) = p.split_once("!=") {
-                return get(k) != Some(v.trim());
-            }
-            if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
-                return get(k) == Some(v.trim());
-            }
-            let set = |s: &str| -> Vec<String> {
-                s.trim()
-                    .trim_start_matches('(')
-                    .trim_end_matches(')')
-                    .split(',')
-                    .map(|x| x.trim().to_string())
-                    .collect()
-            };
-            if let Some((k, v)) = p.split_once(" notin ") {
-                return !get(k).is_some_and(|x| set(v).iter().any(|s| s == x));
-            }
-            if let Some((k, v)) = p.split_once(" in ") {
-                return get(k).is_some_and(|x| set(v).iter().any(|s| s == x));
-            }
-            if let Some(k) = p.strip_prefix('!') {
-                return get(k).is_none();
-            }
-            get(p).is_some()
-        })
 }
