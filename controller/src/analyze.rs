@@ -558,6 +558,7 @@ pub fn analyze(paths: &[PathBuf], schema_paths: &[PathBuf]) -> anyhow::Result<Ve
             },
             gateway_namespace: "istio-system".into(),
             stable_by_default_route: false,
+            per_cluster: false,
         };
         let d = desired::compute(&hub, &settings);
         for doc in docs.iter().filter(|x| x.kind() == "BindingPolicy") {

@@ -209,6 +209,13 @@ impl HubReader {
                 labels: t.spec.labels.clone(),
             })
             .collect();
+        state.hub.istio_cluster_ids = targets
+            .iter()
+            .filter_map(|t| {
+                let id = crate::desired::istio_cluster_id(t.metadata.annotations.as_ref())?;
+                Some((t.spec.cluster_name.clone(), id))
+            })
+            .collect();
         // Template properties (KubeStellar's expand-templates): a cluster's annotations and its ConfigMap in
         // customization-properties. A hub without that namespace (or without access to it) has none.
         let config_maps =

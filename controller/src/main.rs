@@ -21,7 +21,9 @@ enum Command {
     ///
     /// Reads TrafficPolicies, BindingPolicies, IntegrationTargets (they stand for the clusters, with their
     /// labels) and the Istio objects to distribute; writes DIR/<cluster>.yaml per bound cluster, with exactly
-    /// the objects the controller would apply there.
+    /// the objects the controller would apply there. With --single, writes the WasmPlugins and
+    /// VirtualServices the TrafficPolicies render, the same for every cluster, once to DIR/ksit.yaml, for a
+    /// GitOps tool (Argo CD, Flux) or KubeStellar to deliver.
     Render {
         /// Files or directories of hub YAML.
         #[arg(short = 'f', long = "filename", required = true)]
@@ -29,6 +31,9 @@ enum Command {
         /// Output directory.
         #[arg(short = 'o', long = "output-dir", default_value = "rendered")]
         out: PathBuf,
+        /// Write the rendered WasmPlugins and VirtualServices once, for every cluster (DIR/ksit.yaml).
+        #[arg(long, conflicts_with = "per_cluster_rendering")]
+        single: bool,
         #[command(flatten)]
         module: ModuleArgs,
     },
@@ -215,7 +220,12 @@ fn main() -> ExitCode {
             emit(&resources::crds_yaml());
             Ok(())
         }
-        Command::Render { files, out, module } => render(&files, &out, &module),
+        Command::Render {
+            files,
+            out,
+            single,
+            module,
+        } => render(&files, &out, single, &module),
         Command::Explain(a) => explain(&a),
         Command::Analyze {
             files,
@@ -252,7 +262,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn render(files: &[PathBuf], out: &std::path::Path, module: &ModuleArgs) -> anyhow::Result<()> {
+fn render(
+    files: &[PathBuf],
+    out: &std::path::Path,
+    single: bool,
+    module: &ModuleArgs,
+) -> anyhow::Result<()> {
     let docs = manifests::read_documents(files)?;
     let hub = manifests::hub_from_documents(&docs)?;
     if hub.clusters.is_empty() {
@@ -261,21 +276,32 @@ fn render(files: &[PathBuf], out: &std::path::Path, module: &ModuleArgs) -> anyh
     let (_, settings) = module.settings()?;
     let d = desired::compute(&hub, &settings);
     std::fs::create_dir_all(out)?;
-    for (cluster, cd) in &d.clusters {
-        let path = out.join(format!("{cluster}.yaml"));
-        if cd.objects.is_empty() {
-            emit(&format!(
-                "{cluster}: bound by no BindingPolicy, nothing to render\n"
-            ));
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        std::fs::write(&path, desired::to_yaml(&cd.objects))?;
+    if single {
+        let objects = desired::rendered_for_every_cluster(&d)?;
+        let path = out.join("ksit.yaml");
+        std::fs::write(&path, desired::to_yaml(&objects))?;
         emit(&format!(
-            "{cluster}: {} object(s) -> {}\n",
-            cd.objects.len(),
+            "every bound cluster: {} object(s) -> {}\n",
+            objects.len(),
             path.display()
         ));
+    } else {
+        for (cluster, cd) in &d.clusters {
+            let path = out.join(format!("{cluster}.yaml"));
+            if cd.objects.is_empty() {
+                emit(&format!(
+                    "{cluster}: bound by no BindingPolicy, nothing to render\n"
+                ));
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            std::fs::write(&path, desired::to_yaml(&cd.objects))?;
+            emit(&format!(
+                "{cluster}: {} object(s) -> {}\n",
+                cd.objects.len(),
+                path.display()
+            ));
+        }
     }
     for n in &d.notes {
         emit(&format!(

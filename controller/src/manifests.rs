@@ -190,6 +190,11 @@ pub fn hub_from_documents(docs: &[Document]) -> anyhow::Result<Hub> {
                         config_map,
                     ),
                 );
+                if let Some(id) = crate::desired::istio_cluster_id(t.metadata.annotations.as_ref())
+                {
+                    hub.istio_cluster_ids
+                        .insert(t.spec.cluster_name.clone(), id);
+                }
                 hub.clusters.push(Cluster {
                     name: t.spec.cluster_name.clone(),
                     labels: t.spec.labels.clone(),

@@ -52,6 +52,12 @@ pub struct ModuleArgs {
     /// docs/trafficpolicy.md).
     #[arg(long, env = "KSIT_STABLE_BY_DEFAULT_ROUTE")]
     pub stable_by_default_route: bool,
+    /// Render each cluster's WasmPlugin and VirtualService for that cluster alone (its overrides resolved
+    /// and its name in the pluginConfig), as before ksit 0.2. By default one WasmPlugin and VirtualService
+    /// serve every cluster: each proxy's filter picks its cluster's overrides by its Istio cluster ID (the
+    /// IntegrationTarget annotation ksit.io/istio-cluster-id when it differs from the cluster's name).
+    #[arg(long, env = "KSIT_PER_CLUSTER_RENDERING")]
+    pub per_cluster_rendering: bool,
 }
 
 impl ModuleArgs {
@@ -83,6 +89,7 @@ impl ModuleArgs {
                 module: source,
                 gateway_namespace: self.gateway_namespace.clone(),
                 stable_by_default_route: self.stable_by_default_route,
+                per_cluster: self.per_cluster_rendering,
             },
         ))
     }

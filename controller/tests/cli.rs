@@ -218,10 +218,56 @@ fn render_writes_one_file_per_bound_cluster() {
         out.contains("cluster1: ") && out.contains("cluster2: "),
         "{out}"
     );
+    // By default the WasmPlugin is the same for every cluster (each proxy resolves its own overrides).
+    let c1 = std::fs::read_to_string(dir.join("cluster1.yaml")).unwrap();
+    let c2 = std::fs::read_to_string(dir.join("cluster2.yaml")).unwrap();
+    let plugin = |text: &str| -> String {
+        text.split("---\n")
+            .find(|d| d.contains("kind: WasmPlugin"))
+            .unwrap_or_else(|| panic!("no WasmPlugin in {text}"))
+            .to_string()
+    };
+    assert_eq!(plugin(&c1), plugin(&c2));
+    assert!(!c1.contains("cluster: cluster1"), "{c1}");
+    let shared = plugin(&c1);
+    // Per cluster, as before: each names its cluster.
+    let (code, _, err) = ksit(&[
+        "render",
+        "-f",
+        "manifests/examples/multi-cluster-mesh",
+        "-o",
+        dir.to_str().unwrap(),
+        "--module",
+        module.to_str().unwrap(),
+        "--per-cluster-rendering",
+    ]);
+    assert_eq!(code, 0, "{err}");
     let c1 = std::fs::read_to_string(dir.join("cluster1.yaml")).unwrap();
     assert!(
         c1.contains("kind: WasmPlugin") && c1.contains("cluster: cluster1"),
         "{c1}"
+    );
+    // One set for a GitOps tool: the TrafficPolicy's WasmPlugin and VirtualService, once.
+    let single = dir.join("single");
+    let (code, out, err) = ksit(&[
+        "render",
+        "-f",
+        "manifests/examples/multi-cluster-mesh",
+        "-o",
+        single.to_str().unwrap(),
+        "--module",
+        module.to_str().unwrap(),
+        "--single",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("every bound cluster: 2 object(s)"), "{out}");
+    let set = std::fs::read_to_string(single.join("ksit.yaml")).unwrap();
+    let kinds: Vec<&str> = set.lines().filter(|l| l.starts_with("kind: ")).collect();
+    assert_eq!(kinds, ["kind: WasmPlugin", "kind: VirtualService"], "{set}");
+    assert_eq!(
+        plugin(&set),
+        shared,
+        "the set holds the WasmPlugin every cluster gets"
     );
     let (code, _, err) = ksit(&[
         "render",

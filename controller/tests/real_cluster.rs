@@ -91,6 +91,7 @@ async fn controller_on_one_cluster_that_is_hub_and_member() {
             oci_image: None,
             gateway_namespace: "istio-system".into(),
             stable_by_default_route: false,
+            per_cluster_rendering: false,
         },
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],

@@ -768,7 +768,13 @@ async fn rendered_policy_sends_stable_requests_by_the_default_route() {
     tp.metadata.namespace = Some("default".into());
     let config = plugin_config(&spec, "cluster1", true);
     assert_eq!(config["headerForStable"], false);
-    let vs = render_virtual_service(&tp, "cluster1", &[]).manifest["spec"].clone();
+    let vs = render_virtual_service(
+        &tp,
+        ksit_controller::desired::Target::Cluster("cluster1"),
+        &[],
+    )
+    .manifest["spec"]
+        .clone();
     let echoed = |r: &ksit_tests::client::Response| {
         r.json().unwrap()["headers"]["x-ksit-destination"]
             .as_str()

@@ -12,7 +12,7 @@
 //! hash of x-request-id) and all three agree on the share.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ksit_controller::desired::{plugin_config, render_virtual_service};
+use ksit_controller::desired::{plugin_config, render_virtual_service, Target};
 use ksit_controller::explain;
 use ksit_controller::manifests::Document;
 use ksit_controller::resources::{TrafficPolicy, TrafficPolicyResourceSpec};
@@ -371,7 +371,9 @@ fn rendered(cases: &[Case]) -> (Value, Vec<Value>, Vec<explain::Explainer>) {
         let (spec, _) = explain::spec_of(&doc).unwrap();
         let mut tp = TrafficPolicy::new(c.name, TrafficPolicyResourceSpec(spec.clone()));
         tp.metadata.namespace = Some("bookinfo".into());
-        services.push(render_virtual_service(&tp, "cluster1", &[]).manifest["spec"].clone());
+        services.push(
+            render_virtual_service(&tp, Target::Cluster("cluster1"), &[]).manifest["spec"].clone(),
+        );
         let mut config = plugin_config(&spec, "cluster1", false);
         config.as_object_mut().unwrap().remove("cluster");
         policies.push(json!({"name": format!("bookinfo/{}", c.name), "spec": config}));
@@ -535,7 +537,8 @@ http:
     .unwrap();
     let mut tp = TrafficPolicy::new("sticky", TrafficPolicyResourceSpec(sticky.clone()));
     tp.metadata.namespace = Some("bookinfo".into());
-    let sticky_vs = render_virtual_service(&tp, "cluster1", &[]).manifest["spec"].clone();
+    let sticky_vs =
+        render_virtual_service(&tp, Target::Cluster("cluster1"), &[]).manifest["spec"].clone();
     let mut sticky_config = plugin_config(&sticky, "cluster1", false);
     sticky_config.as_object_mut().unwrap().remove("cluster");
     let mut config = config;

@@ -10,6 +10,7 @@ mod select;
 #[cfg(test)]
 mod tests;
 
+pub use render::Target;
 pub use render::{plugin_config, render_virtual_service, wasm_plugin_name, wasm_plugin_namespace};
 use render::{policy_id, render_policies, Selected};
 pub use select::{bound_clusters, clause_matches};
@@ -86,6 +87,18 @@ impl ResourceKind {
     }
 }
 
+/// The IntegrationTarget annotation naming the cluster's Istio cluster ID (the `CLUSTER_ID` istiod gives
+/// its proxies; Istio's default is `Kubernetes`) when it differs from the ksit cluster name.
+pub const ISTIO_CLUSTER_ID_ANNOTATION: &str = "ksit.io/istio-cluster-id";
+
+/// A cluster's Istio cluster ID from its IntegrationTarget's annotations, when set and not empty.
+pub fn istio_cluster_id(annotations: Option<&BTreeMap<String, String>>) -> Option<String> {
+    annotations?
+        .get(ISTIO_CLUSTER_ID_ANNOTATION)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// A member cluster as the hub describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
@@ -146,6 +159,10 @@ pub struct RenderSettings {
     /// Render `headerForStable: false`: requests to a rule's stable destination go unmarked, by the
     /// VirtualService's default route.
     pub stable_by_default_route: bool,
+    /// Render each cluster's WasmPlugin and VirtualService for that cluster alone (its overrides resolved,
+    /// its name in the pluginConfig), instead of one set for every cluster that each proxy's filter resolves
+    /// by its Istio cluster ID.
+    pub per_cluster: bool,
 }
 
 /// Everything on the hub that decides the desired state.
@@ -160,6 +177,9 @@ pub struct Hub {
     /// Per cluster, the template properties from its annotations and its `customization-properties`
     /// ConfigMap (see `template`; its name and labels come from `clusters`).
     pub cluster_properties: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per cluster whose Istio cluster ID is not its ksit name, that ID (IntegrationTarget annotation
+    /// `ksit.io/istio-cluster-id`).
+    pub istio_cluster_ids: BTreeMap<String, String>,
 }
 
 /// One object a cluster should hold.
@@ -249,8 +269,9 @@ pub struct ClusterDesired {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
-    /// Every cluster known to the hub, bound or not (an unbound cluster should hold nothing).
-    pub clusters: BTreeMap<String, ClusterDesired>,
+    /// Every cluster known to the hub, bound or not (an unbound cluster should hold nothing). Clusters that
+    /// receive the same share one list.
+    pub clusters: BTreeMap<String, Arc<ClusterDesired>>,
     /// Per binding, the clusters it binds.
     pub bound: BTreeMap<String, Vec<String>>,
     pub notes: Vec<Note>,
@@ -308,211 +329,23 @@ fn mark(manifest: &mut Value, bindings: &[String], source: &str) {
     }
 }
 
-/// Computes every cluster's desired objects.
+/// Computes every cluster's desired objects, in stages: [`select::select`] (which clusters each
+/// BindingPolicy binds, and the hub objects and TrafficPolicies it sends them), then, once per group of
+/// clusters that receive the same (the same bindings, nothing expanded per cluster, and, in the default
+/// rendering, one WasmPlugin and VirtualService for every cluster), [`render::render_policies`] and
+/// [`Assembler::assemble`]. Every cluster of a group shares the result: a thousand clusters bound alike
+/// cost one rendering and one list.
 pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
     let mut out = Desired::default();
-    // cluster -> object key -> (object, bindings); one object sent to many clusters is shared until a
-    // cluster's copy has to differ (another binding sends it there too).
-    let mut per: BTreeMap<String, BTreeMap<ObjectKey, Arc<DesiredObject>>> = BTreeMap::new();
-    for c in &hub.clusters {
-        per.entry(c.name.clone()).or_default();
-    }
-    // Adds an object (with the bindings that send it) to a cluster, merging with one already there.
-    let add = |per: &mut BTreeMap<String, BTreeMap<ObjectKey, Arc<DesiredObject>>>,
-               cluster: &str,
-               obj: Arc<DesiredObject>| {
-        let entry = per.entry(cluster.to_string()).or_default();
-        match entry.get_mut(&obj.key()) {
-            Some(existing) => {
-                let create_only = existing.create_only && obj.create_only;
-                let new_bindings = obj.bindings.iter().any(|b| !existing.bindings.contains(b));
-                if new_bindings || create_only != existing.create_only {
-                    let e = Arc::make_mut(existing);
-                    for b in &obj.bindings {
-                        if !e.bindings.contains(b) {
-                            e.bindings.push(b.clone());
-                        }
-                    }
-                    e.bindings.sort();
-                    // createOnly only when every binding asks for it.
-                    e.create_only = create_only;
-                }
-            }
-            None => {
-                entry.insert(obj.key(), obj);
-            }
-        }
-    };
-    // cluster -> (namespace, name) -> the TrafficPolicy and the bindings that send it there
-    let mut selected: BTreeMap<String, BTreeMap<(String, String), Selected<'_>>> = BTreeMap::new();
-    let mut bindings: Vec<&BindingPolicy> = hub
-        .bindings
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .collect();
-    bindings.sort_by_key(|b| b.metadata.name.clone());
-    for b in bindings {
-        let bname = b.metadata.name.clone().unwrap_or_default();
-        let clusters = bound_clusters(b, &hub.clusters);
+    let selections = select::select(hub, settings, &mut out.notes, &mut out.retain);
+    let mut binding_of: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, s) in selections.iter().enumerate() {
         out.bound.insert(
-            bname.clone(),
-            clusters.iter().map(|c| c.name.clone()).collect(),
+            s.name.clone(),
+            s.clusters.iter().map(|c| c.name.clone()).collect(),
         );
-        for o in &hub.objects {
-            let labels = o.labels();
-            let mut matching = b.spec.downsync.iter().filter(|c| {
-                clause_matches(
-                    c,
-                    &o.kind.group,
-                    &o.kind.plural,
-                    o.namespace(),
-                    &[o.name()],
-                    &labels,
-                    &hub.namespace_labels,
-                )
-            });
-            let Some(first) = matching.next() else {
-                continue;
-            };
-            // KubeStellar: the createOnly bits of all the clauses that match an object are ORed.
-            let create_only = first.create_only || matching.any(|c| c.create_only);
-            if clusters.is_empty() {
-                continue;
-            }
-            let mut manifest = clean_copy(&o.object, &o.kind);
-            let source = match o.namespace() {
-                Some(ns) => format!("{} {ns}/{}", o.kind.kind, o.name()),
-                None => format!("{} {}", o.kind.kind, o.name()),
-            };
-            mark(&mut manifest, std::slice::from_ref(&bname), &source);
-            let desired = |manifest: Value| DesiredObject {
-                kind: o.kind.clone(),
-                namespace: o
-                    .namespace()
-                    .map(String::from)
-                    .filter(|_| o.kind.namespaced),
-                name: o.name().to_string(),
-                bindings: vec![bname.clone()],
-                create_only,
-                traffic_policies: Vec::new(),
-                manifest,
-            };
-            if !crate::template::wants_expansion(&o.object) {
-                let obj = Arc::new(desired(manifest));
-                for c in &clusters {
-                    add(&mut per, &c.name, obj.clone());
-                }
-                continue;
-            }
-            // KubeStellar's template expansion, per cluster. An object that fails to expand for any cluster
-            // is held as it is everywhere (neither updated nor pruned), and its binding says why.
-            let mut expanded = Vec::new();
-            let mut failed = false;
-            for c in &clusters {
-                let props = crate::template::properties(
-                    &c.name,
-                    &c.labels,
-                    hub.cluster_properties.get(&c.name),
-                );
-                match crate::template::expand(&manifest, &props) {
-                    Ok(m) => expanded.push((c, m)),
-                    Err(errors) => {
-                        failed = true;
-                        out.notes.push(Note {
-                            cluster: c.name.clone(),
-                            object: format!("BindingPolicy {bname}"),
-                            reason: "TemplateExpansionFailed",
-                            message: format!(
-                                "{source} ({}: \"true\") does not expand for this cluster: {}; it is held as it is in every cluster until it does",
-                                crate::template::EXPAND_ANNOTATION,
-                                errors.join("; ")
-                            ),
-                        });
-                    }
-                }
-            }
-            if failed {
-                out.retain.insert(desired(Value::Null).key());
-                continue;
-            }
-            for (c, m) in expanded {
-                add(&mut per, &c.name, Arc::new(desired(m)));
-            }
-        }
-        for tp in &hub.traffic_policies {
-            if tp.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let ns = tp
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = tp.metadata.name.clone().unwrap_or_default();
-            let labels = tp.metadata.labels.clone().unwrap_or_default();
-            let plugin_ns = wasm_plugin_namespace(&ns, &tp.spec.0, &settings.gateway_namespace);
-            let plugin_name = wasm_plugin_name(&ns, &name, &plugin_ns);
-            let names = [name.as_str(), plugin_name.as_str()];
-            let by_policy = b.spec.downsync.iter().any(|c| {
-                clause_matches(
-                    c,
-                    "ksit.io",
-                    "trafficpolicies",
-                    Some(&ns),
-                    &names,
-                    &labels,
-                    &hub.namespace_labels,
-                )
-            });
-            let by_plugin = b.spec.downsync.iter().any(|c| {
-                clause_matches(
-                    c,
-                    "extensions.istio.io",
-                    "wasmplugins",
-                    Some(&plugin_ns),
-                    &names,
-                    &labels,
-                    &hub.namespace_labels,
-                )
-            });
-            if !(by_policy || by_plugin) {
-                let near_miss = b.spec.downsync.iter().any(|c| {
-                    clause_matches(
-                        c,
-                        "extensions.istio.io",
-                        "wasmplugins",
-                        Some(&ns),
-                        &names,
-                        &labels,
-                        &hub.namespace_labels,
-                    )
-                });
-                if near_miss {
-                    for c in &clusters {
-                        out.notes.push(Note::on_policy(
-                            &c.name,
-                            &format!("{ns}/{name}"),
-                            "NamespaceNotBound",
-                            format!(
-                                "its WasmPlugin must live in namespace {plugin_ns} (where the selected workloads run), which BindingPolicy {bname} does not bind; add {plugin_ns} to the clause's namespaces"
-                            ),
-                        ));
-                    }
-                }
-                continue;
-            }
-            for c in &clusters {
-                selected
-                    .entry(c.name.clone())
-                    .or_default()
-                    .entry((ns.clone(), name.clone()))
-                    .or_insert_with(|| Selected {
-                        tp,
-                        bindings: BTreeSet::new(),
-                    })
-                    .bindings
-                    .insert(bname.clone());
-            }
+        for c in &s.clusters {
+            binding_of.entry(c.name.as_str()).or_default().push(i);
         }
     }
     // Validated once here, not per cluster.
@@ -525,20 +358,150 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
             format!("{ns}/{name}")
         })
         .collect();
-    for (cluster, policies) in &selected {
-        let r = render_policies(cluster, policies, &invalid_ids, settings);
-        for o in r.objects {
-            add(&mut per, cluster, Arc::new(o));
-        }
-        out.notes.extend(r.notes);
-        out.retain.extend(r.retain);
+    let ids = istio_cluster_ids(hub);
+    // Clusters grouped by what they receive: the bindings that bind them, and their own name when something
+    // they receive is made for them alone.
+    type GroupKey<'h> = (Vec<usize>, Option<&'h str>);
+    let mut groups: BTreeMap<GroupKey<'_>, Vec<&Cluster>> = BTreeMap::new();
+    for c in &hub.clusters {
+        let bound = binding_of.get(c.name.as_str()).cloned().unwrap_or_default();
+        let own = bound.iter().any(|&i| {
+            let s = &selections[i];
+            s.per_cluster() || (settings.per_cluster && !s.policies.is_empty())
+        });
+        groups
+            .entry((bound, own.then_some(c.name.as_str())))
+            .or_default()
+            .push(c);
     }
-    // Finishing touches (binding annotation, hash): in place for an object only one cluster holds, once for
-    // one several hold (`finished` keeps the source alive, so the address it is keyed by stays its own), and
-    // equal results shared across clusters.
-    type Finished = BTreeMap<*const DesiredObject, (Arc<DesiredObject>, Arc<DesiredObject>)>;
-    let mut finished: Finished = BTreeMap::new();
-    let finish = |f: &mut DesiredObject| {
+    let mut assembler = Assembler::default();
+    for ((bound, _), clusters) in groups {
+        let Some(first) = clusters.first() else {
+            continue;
+        };
+        let mut objects: BTreeMap<ObjectKey, Arc<DesiredObject>> = BTreeMap::new();
+        let mut selected: BTreeMap<(String, String), Selected<'_>> = BTreeMap::new();
+        for &i in &bound {
+            let s = &selections[i];
+            for o in &s.objects {
+                match o {
+                    select::Sent::Same(a) => add(&mut objects, a.clone()),
+                    select::Sent::PerCluster(m) => {
+                        if let Some(a) = m.get(&first.name) {
+                            add(&mut objects, a.clone());
+                        }
+                    }
+                }
+            }
+            for tp in &s.policies {
+                selected
+                    .entry(policy_id(tp))
+                    .or_insert_with(|| Selected {
+                        tp,
+                        bindings: BTreeSet::new(),
+                    })
+                    .bindings
+                    .insert(s.name.clone());
+            }
+        }
+        let target = if settings.per_cluster {
+            Target::Cluster(&first.name)
+        } else {
+            Target::Every { ids: &ids }
+        };
+        let rendered = render_policies(target, &first.name, &selected, &invalid_ids, settings);
+        for o in rendered.objects {
+            add(&mut objects, Arc::new(o));
+        }
+        out.retain.extend(rendered.retain);
+        for c in &clusters {
+            out.notes.extend(rendered.notes.iter().map(|n| Note {
+                cluster: c.name.clone(),
+                ..n.clone()
+            }));
+        }
+        let list = Arc::new(assembler.assemble(objects));
+        for c in clusters {
+            out.clusters.insert(c.name.clone(), list.clone());
+        }
+    }
+    out.notes.sort();
+    out.notes.dedup();
+    out
+}
+
+/// The Istio cluster IDs that differ from their ksit cluster names (Istio ID -> ksit name), for the shared
+/// pluginConfig's `clusterIds`. An Istio ID two clusters claim is left out: their proxies cannot be told
+/// apart, and apply the base policy (`ksit analyze` reports it).
+fn istio_cluster_ids(hub: &Hub) -> BTreeMap<String, String> {
+    let mut claims: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in &hub.clusters {
+        let id = hub
+            .istio_cluster_ids
+            .get(&c.name)
+            .map_or(c.name.as_str(), String::as_str);
+        claims.entry(id).or_default().push(c.name.as_str());
+    }
+    claims
+        .into_iter()
+        .filter_map(|(id, names)| match names.as_slice() {
+            [only] if *only != id => Some((id.to_string(), (*only).to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Adds an object (with the bindings that send it) to a cluster's set, merging with one already there:
+/// its bindings are the union, and it is create-only only when every binding asks for that.
+fn add(objects: &mut BTreeMap<ObjectKey, Arc<DesiredObject>>, obj: Arc<DesiredObject>) {
+    match objects.get_mut(&obj.key()) {
+        Some(existing) => {
+            let create_only = existing.create_only && obj.create_only;
+            let new_bindings = obj.bindings.iter().any(|b| !existing.bindings.contains(b));
+            if new_bindings || create_only != existing.create_only {
+                let e = Arc::make_mut(existing);
+                for b in &obj.bindings {
+                    if !e.bindings.contains(b) {
+                        e.bindings.push(b.clone());
+                    }
+                }
+                e.bindings.sort();
+                e.create_only = create_only;
+            }
+        }
+        None => {
+            objects.insert(obj.key(), obj);
+        }
+    }
+}
+
+/// Stage 3: a cluster's objects as it gets them: every namespaced object's namespace first (created if
+/// missing, never updated, never pruned), each object finished (the binding annotation, the config hash),
+/// and equal objects shared, across the groups of one `compute`.
+#[derive(Default)]
+struct Assembler {
+    /// Objects finished once for several groups, by the address of their unfinished source (kept alive
+    /// here, so the address stays its own).
+    finished: BTreeMap<*const DesiredObject, (Arc<DesiredObject>, Arc<DesiredObject>)>,
+    /// Keyed by the object and its config hash: only objects with the same manifest are compared in full.
+    pool: BTreeMap<(ObjectKey, String), Vec<Arc<DesiredObject>>>,
+}
+
+impl Assembler {
+    fn share(&mut self, o: DesiredObject) -> Arc<DesiredObject> {
+        let same = self
+            .pool
+            .entry((o.key(), o.config_hash().to_string()))
+            .or_default();
+        if let Some(a) = same.iter().find(|a| ***a == o) {
+            return a.clone();
+        }
+        let a = Arc::new(o);
+        same.push(a.clone());
+        a
+    }
+
+    fn finish(f: &mut DesiredObject) {
         if let Some(a) = f
             .manifest
             .pointer_mut("/metadata/annotations")
@@ -550,29 +513,13 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
             f.create_only = true;
         }
         stamp_hash(&mut f.manifest);
-    };
-    // Keyed by the object and its config hash: only objects with the same manifest are compared in full.
-    let mut pool: BTreeMap<(ObjectKey, String), Vec<Arc<DesiredObject>>> = BTreeMap::new();
-    let mut share = |o: DesiredObject| -> Arc<DesiredObject> {
-        let hash = o
-            .manifest
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(HASH_ANNOTATION))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let same = pool.entry((o.key(), hash)).or_default();
-        if let Some(a) = same.iter().find(|a| ***a == o) {
-            return a.clone();
-        }
-        let a = Arc::new(o);
-        same.push(a.clone());
-        a
-    };
-    for (cluster, objs) in per {
-        // Every namespaced object's namespace is created first if missing (never updated, never pruned).
-        let namespaces: BTreeSet<String> =
-            objs.values().filter_map(|o| o.namespace.clone()).collect();
+    }
+
+    fn assemble(&mut self, objects: BTreeMap<ObjectKey, Arc<DesiredObject>>) -> ClusterDesired {
+        let namespaces: BTreeSet<String> = objects
+            .values()
+            .filter_map(|o| o.namespace.clone())
+            .collect();
         let mut list: Vec<Arc<DesiredObject>> = Vec::new();
         for ns in namespaces {
             let key = ObjectKey {
@@ -580,10 +527,10 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 namespace: None,
                 name: ns.clone(),
             };
-            if objs.contains_key(&key) {
+            if objects.contains_key(&key) {
                 continue;
             }
-            let bindings: Vec<String> = objs
+            let bindings: Vec<String> = objects
                 .values()
                 .filter(|o| o.namespace.as_deref() == Some(&ns))
                 .flat_map(|o| o.bindings.clone())
@@ -594,7 +541,7 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             mark(&mut manifest, &bindings, &format!("Namespace {ns}"));
             stamp_hash(&mut manifest);
-            list.push(share(DesiredObject {
+            list.push(self.share(DesiredObject {
                 kind: ResourceKind::namespace_kind(),
                 namespace: None,
                 name: ns,
@@ -604,33 +551,51 @@ pub fn compute(hub: &Hub, settings: &RenderSettings) -> Desired {
                 manifest,
             }));
         }
-        for o in objs.into_values() {
+        for o in objects.into_values() {
             let ptr = Arc::as_ptr(&o);
-            if let Some((_, done)) = finished.get(&ptr) {
+            if let Some((_, done)) = self.finished.get(&ptr) {
                 list.push(done.clone());
                 continue;
             }
             match Arc::try_unwrap(o) {
                 Ok(mut f) => {
-                    finish(&mut f);
-                    list.push(share(f));
+                    Self::finish(&mut f);
+                    list.push(self.share(f));
                 }
                 Err(o) => {
                     let mut f = DesiredObject::clone(&o);
-                    finish(&mut f);
-                    let f = share(f);
-                    finished.insert(ptr, (o, f.clone()));
+                    Self::finish(&mut f);
+                    let f = self.share(f);
+                    self.finished.insert(ptr, (o, f.clone()));
                     list.push(f);
                 }
             }
         }
         list.sort_by_key(|o| (o.kind.rank(), o.key()));
-        out.clusters
-            .insert(cluster, ClusterDesired { objects: list });
+        ClusterDesired { objects: list }
     }
-    out.notes.sort();
-    out.notes.dedup();
-    out
+}
+
+/// The objects the TrafficPolicies render (WasmPlugins, VirtualServices), once: what one GitOps or
+/// KubeStellar delivery sends every bound cluster. An error when clusters need different ones (different
+/// policies bound to them share a WasmPlugin, or per-cluster rendering), naming two that differ.
+pub fn rendered_for_every_cluster(d: &Desired) -> anyhow::Result<Vec<Arc<DesiredObject>>> {
+    let mut out: BTreeMap<ObjectKey, (Arc<DesiredObject>, &str)> = BTreeMap::new();
+    for (cluster, cd) in &d.clusters {
+        for o in cd.objects.iter().filter(|o| !o.traffic_policies.is_empty()) {
+            match out.get(&o.key()) {
+                Some((seen, other)) if seen.manifest != o.manifest => anyhow::bail!(
+                    "{} differs between clusters {other} and {cluster} (different TrafficPolicies bound to them share it, or --per-cluster-rendering): deliver per cluster instead",
+                    o.key()
+                ),
+                Some(_) => {}
+                None => {
+                    out.insert(o.key(), (o.clone(), cluster.as_str()));
+                }
+            }
+        }
+    }
+    Ok(out.into_values().map(|(o, _)| o).collect())
 }
 
 /// Records a hash of the manifest in an annotation, so a field ksit stops setting is noticed (and removed by

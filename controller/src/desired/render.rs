@@ -40,6 +40,55 @@ pub fn wasm_plugin_name(tp_namespace: &str, tp_name: &str, plugin_namespace: &st
     }
 }
 
+/// Which clusters an object is rendered for.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// One cluster (the per-cluster form): its overrides resolved, its name in the pluginConfig.
+    Cluster(&'a str),
+    /// Every cluster at once (the default): the pluginConfig holds the base policy and every override, and
+    /// each proxy's filter resolves its own cluster's from its Istio cluster ID (`ids` maps the Istio IDs
+    /// that differ from the ksit cluster names); the VirtualService routes every destination any cluster's
+    /// override can choose.
+    Every { ids: &'a BTreeMap<String, String> },
+}
+
+/// Whether an override replaces a rule's destinations or matches: then a cluster's stable destination may
+/// differ from the one the shared VirtualService's default route leads to.
+fn overrides_routes(spec: &TrafficPolicySpec) -> bool {
+    spec.overrides.iter().any(|o| {
+        o.http
+            .iter()
+            .any(|p| p.route.is_some() || p.matches.is_some())
+    })
+}
+
+/// The pluginConfig for every cluster: `specs` as they are (overrides unresolved), `clusterIds` when some
+/// Istio cluster ID differs from its ksit name, and `headerForStable: false` only when no override moves a
+/// rule's stable destination away from the one the shared default route leads to.
+fn plugin_config_for_every(
+    specs: &[(String, &TrafficPolicySpec)],
+    ids: &BTreeMap<String, String>,
+    stable_by_default_route: bool,
+) -> Value {
+    let value = |spec: &TrafficPolicySpec| serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
+    let mut config = match specs {
+        [(_, only)] => value(only),
+        several => json!({"policies": several
+            .iter()
+            .map(|(name, spec)| json!({"name": name, "spec": value(spec)}))
+            .collect::<Vec<_>>()}),
+    };
+    if let Some(m) = config.as_object_mut() {
+        if !ids.is_empty() {
+            m.insert("clusterIds".into(), json!(ids));
+        }
+        if stable_by_default_route && !specs.iter().any(|(_, s)| overrides_routes(s)) {
+            m.insert("headerForStable".into(), json!(false));
+        }
+    }
+    config
+}
+
 /// The filter's pluginConfig for one cluster: the spec with that cluster's overrides resolved, plus its
 /// name, and `headerForStable: false` when `stable_by_default_route` (the VirtualService's default routes
 /// lead to the stable destinations).
@@ -99,7 +148,7 @@ fn match_json(m: &ksit_policy::spec::HttpMatchRequest) -> Value {
 /// pluginConfig is its spec (plus `cluster`); several are a `policies` list the filter indexes by host.
 fn render_wasm_plugin(
     members: &[&Selected<'_>],
-    cluster: &str,
+    target: Target<'_>,
     settings: &RenderSettings,
     plugin_ns: &str,
     plugin_name: &str,
@@ -128,27 +177,37 @@ fn render_wasm_plugin(
     }
     s.insert("pluginName".into(), json!("ksit"));
     s.insert("failStrategy".into(), json!(fail_strategy_name(spec)));
-    let config = if let [only] = members {
-        plugin_config(&only.tp.spec.0, cluster, settings.stable_by_default_route)
-    } else {
-        let policies: Vec<Value> = members
-            .iter()
-            .map(|m| {
-                let resolved = m.tp.spec.0.resolve(Some(cluster));
-                json!({"name": m.id(), "spec": serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}))})
-            })
-            .collect();
-        with_filter_members(
-            json!({"policies": policies}),
-            cluster,
-            settings.stable_by_default_route,
-        )
+    let config = match target {
+        Target::Cluster(cluster) => match members {
+            [only] => plugin_config(&only.tp.spec.0, cluster, settings.stable_by_default_route),
+            _ => {
+                let policies: Vec<Value> = members
+                    .iter()
+                    .map(|m| {
+                        let resolved = m.tp.spec.0.resolve(Some(cluster));
+                        json!({"name": m.id(), "spec": serde_json::to_value(&resolved).unwrap_or_else(|_| json!({}))})
+                    })
+                    .collect();
+                with_filter_members(
+                    json!({"policies": policies}),
+                    cluster,
+                    settings.stable_by_default_route,
+                )
+            }
+        },
+        Target::Every { ids } => {
+            let specs: Vec<(String, &TrafficPolicySpec)> =
+                members.iter().map(|m| (m.id(), &m.tp.spec.0)).collect();
+            plugin_config_for_every(&specs, ids, settings.stable_by_default_route)
+        }
     };
     s.insert("pluginConfig".into(), config);
-    s.insert(
-        "vmConfig".into(),
-        json!({"env": [{"name": "KSIT_CLUSTER", "value": cluster}]}),
-    );
+    if let Target::Cluster(cluster) = target {
+        s.insert(
+            "vmConfig".into(),
+            json!({"env": [{"name": "KSIT_CLUSTER", "value": cluster}]}),
+        );
+    }
     let mut manifest = json!({
         "apiVersion": ResourceKind::wasm_plugin().api_version(),
         "kind": "WasmPlugin",
@@ -227,6 +286,7 @@ pub(super) struct RenderedPolicies {
 /// the younger is left out in this cluster with a `HostConflict` note. A set holding an invalid policy keeps
 /// its live WasmPlugin as it is (the invalid policy's last good config stays in it) and notes the others.
 pub(super) fn render_policies(
+    target: Target<'_>,
     cluster: &str,
     selected: &BTreeMap<(String, String), Selected<'_>>,
     invalid_ids: &BTreeSet<String>,
@@ -292,7 +352,7 @@ pub(super) fn render_policies(
         for m in &applied {
             if invalid.is_empty() {
                 out.objects
-                    .push(render_virtual_service(m.tp, cluster, &m.bindings()));
+                    .push(render_virtual_service(m.tp, target, &m.bindings()));
             } else {
                 // The WasmPlugin keeps its previous configuration, so its VirtualServices keep theirs: the
                 // filter's decisions and the routes that carry them out stay a pair (a default route that
@@ -325,7 +385,7 @@ pub(super) fn render_policies(
         }
         out.objects.extend(render_wasm_plugin(
             &applied,
-            cluster,
+            target,
             settings,
             &plugin_ns,
             &plugin_name,
@@ -441,47 +501,70 @@ fn sticky_mirror_sets(rule: &ksit_policy::spec::HttpRule) -> Vec<Vec<Value>> {
 /// routes come once per mirror level (`x-ksit-mirror`) with that level's mirrors, then without.
 pub fn render_virtual_service(
     tp: &TrafficPolicy,
-    cluster: &str,
+    target: Target<'_>,
     bindings: &[String],
 ) -> DesiredObject {
     let (ns, name) = policy_id(tp);
-    let spec = tp.spec.0.resolve(Some(cluster));
+    // The spec as each cluster sees it: one cluster's, or the base and every override's variant. The header
+    // routes of every variant are kept (each once), so whatever destination a cluster's filter chooses has a
+    // route; the default routes are the base's (or the cluster's).
+    let variants: Vec<TrafficPolicySpec> = match target {
+        Target::Cluster(cluster) => vec![tp.spec.0.resolve(Some(cluster))],
+        Target::Every { .. } => {
+            let named: BTreeSet<&String> = tp
+                .spec
+                .0
+                .overrides
+                .iter()
+                .flat_map(|o| o.clusters.iter())
+                .collect();
+            std::iter::once(tp.spec.0.resolve(None))
+                .chain(named.into_iter().map(|c| tp.spec.0.resolve(Some(c))))
+                .collect()
+        }
+    };
+    let spec = &variants[0];
     let mut routes = Vec::new();
     let rule_name = |ri: usize, rule: &ksit_policy::spec::HttpRule| {
         rule.name.clone().unwrap_or_else(|| format!("http-{ri}"))
     };
-    for (ri, rule) in spec.http.iter().enumerate() {
-        let rule_name = rule_name(ri, rule);
-        let mirror_sets = if rule.sticky_mirror() {
-            sticky_mirror_sets(rule)
-        } else {
-            Vec::new()
-        };
-        for d in &rule.route {
-            let key = d.destination.key();
-            let base = format!("{rule_name}-{}", key.replace('|', "-"));
-            let mark = (DESTINATION_HEADER, key.clone());
-            for (level, mirrors) in mirror_sets.iter().enumerate() {
+    for variant in &variants {
+        for (ri, rule) in variant.http.iter().enumerate() {
+            let rule_name = rule_name(ri, rule);
+            let mirror_sets = if rule.sticky_mirror() {
+                sticky_mirror_sets(rule)
+            } else {
+                Vec::new()
+            };
+            for d in &rule.route {
+                let key = d.destination.key();
+                let base = format!("{rule_name}-{}", key.replace('|', "-"));
+                let mark = (DESTINATION_HEADER, key.clone());
+                for (level, mirrors) in mirror_sets.iter().enumerate() {
+                    let mut route = Map::new();
+                    route.insert("name".into(), json!(format!("{base}-mirror{}", level + 1)));
+                    let marks = [mark.clone(), (MIRROR_HEADER, (level + 1).to_string())];
+                    route.insert("match".into(), Value::Array(marked_matches(rule, &marks)));
+                    route.insert("route".into(), json!([route_destination_json(d)]));
+                    carried_fields(rule, &mut route);
+                    route.insert("mirrors".into(), Value::Array(mirrors.clone()));
+                    routes.push(Value::Object(route));
+                }
                 let mut route = Map::new();
-                route.insert("name".into(), json!(format!("{base}-mirror{}", level + 1)));
-                let marks = [mark.clone(), (MIRROR_HEADER, (level + 1).to_string())];
-                route.insert("match".into(), Value::Array(marked_matches(rule, &marks)));
+                route.insert("name".into(), json!(base));
+                route.insert(
+                    "match".into(),
+                    Value::Array(marked_matches(rule, std::slice::from_ref(&mark))),
+                );
                 route.insert("route".into(), json!([route_destination_json(d)]));
                 carried_fields(rule, &mut route);
-                route.insert("mirrors".into(), Value::Array(mirrors.clone()));
                 routes.push(Value::Object(route));
             }
-            let mut route = Map::new();
-            route.insert("name".into(), json!(base));
-            route.insert(
-                "match".into(),
-                Value::Array(marked_matches(rule, std::slice::from_ref(&mark))),
-            );
-            route.insert("route".into(), json!([route_destination_json(d)]));
-            carried_fields(rule, &mut route);
-            routes.push(Value::Object(route));
         }
     }
+    // A route that several variants share is kept once, where it first comes.
+    let mut seen = BTreeSet::new();
+    routes.retain(|r| seen.insert(r.to_string()));
     for (ri, rule) in spec.http.iter().enumerate() {
         let rule_name = rule_name(ri, rule);
         let stable = rule.stable_index().and_then(|i| rule.route.get(i));

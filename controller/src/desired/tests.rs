@@ -212,6 +212,7 @@ fn settings() -> RenderSettings {
         },
         gateway_namespace: "istio-system".into(),
         stable_by_default_route: false,
+        per_cluster: false,
     }
 }
 
@@ -306,22 +307,52 @@ fn what_is_the_same_on_every_cluster_is_held_once() {
         &find("c1", "Namespace default"),
         &find("c2", "Namespace default")
     ));
-    // The WasmPlugin names its cluster: one per cluster.
+    // One WasmPlugin for every cluster by default; c1 and c2, bound alike, share their whole list.
     let wp = "WasmPlugin istio-system/ksit-default-app";
-    assert!(!Arc::ptr_eq(&find("c1", wp), &find("c2", wp)));
-    assert_ne!(find("c1", wp).manifest, find("c2", wp).manifest);
-    // Held once, and each cluster's objects exactly as computed for that cluster alone.
+    assert!(Arc::ptr_eq(&find("c1", wp), &find("c2", wp)));
+    // c3 gets it through a second binding too, which its binding annotation names; the spec is the same.
+    assert_eq!(
+        find("c1", wp).manifest["spec"],
+        find("c3", wp).manifest["spec"]
+    );
+    assert!(Arc::ptr_eq(&d.clusters["c1"], &d.clusters["c2"]));
+    assert!(find("c1", wp).manifest["spec"]["pluginConfig"]
+        .get("cluster")
+        .is_none());
+    assert!(find("c1", wp).manifest["spec"].get("vmConfig").is_none());
+    // Rendered per cluster, the WasmPlugin names its cluster: one per cluster.
+    let per_cluster = RenderSettings {
+        per_cluster: true,
+        ..settings()
+    };
+    let dp = compute(&h, &per_cluster);
+    let find_in = |c: &str| -> Arc<DesiredObject> {
+        dp.clusters[c]
+            .objects
+            .iter()
+            .find(|o| o.key().to_string() == wp)
+            .cloned()
+            .unwrap_or_else(|| unreachable!("{wp} not sent to {c}"))
+    };
+    assert!(!Arc::ptr_eq(&find_in("c1"), &find_in("c2")));
+    assert_ne!(find_in("c1").manifest, find_in("c2").manifest);
+    // Held once, and each cluster's objects exactly as computed for that cluster alone, either way.
+    for settings in [settings(), per_cluster] {
+        let d = compute(&h, &settings);
+        for c in &h.clusters {
+            let alone = compute(
+                &Hub {
+                    clusters: vec![c.clone()],
+                    ..h.clone()
+                },
+                &settings,
+            );
+            assert_eq!(alone.clusters[&c.name], d.clusters[&c.name], "{}", c.name);
+        }
+    }
     for c in &h.clusters {
-        let alone = compute(
-            &Hub {
-                clusters: vec![c.clone()],
-                ..h.clone()
-            },
-            &settings(),
-        );
-        assert_eq!(alone.clusters[&c.name], d.clusters[&c.name], "{}", c.name);
         assert_eq!(
-            find(&c.name, wp).manifest["spec"]["pluginConfig"]["cluster"],
+            find_in(&c.name).manifest["spec"]["pluginConfig"]["cluster"],
             json!(c.name)
         );
     }
@@ -382,7 +413,10 @@ fn policies_on_the_same_workloads_share_one_wasm_plugin() {
         .find(|o| o.kind.kind == "WasmPlugin")
         .unwrap_or_else(|| unreachable!());
     let config = &wp.manifest["spec"]["pluginConfig"];
-    assert_eq!(config["cluster"], "c1");
+    assert!(
+        config.get("cluster").is_none(),
+        "one config for every cluster"
+    );
     let names: Vec<&str> = config["policies"]
         .as_array()
         .map(|l| l.iter().filter_map(|p| p["name"].as_str()).collect())

@@ -161,6 +161,7 @@ pub fn args(s: &Setup, identity: &str) -> ControllerArgs {
             oci_image: None,
             gateway_namespace: "istio-system".into(),
             stable_by_default_route: false,
+            per_cluster_rendering: false,
         },
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],

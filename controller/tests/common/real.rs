@@ -262,6 +262,7 @@ impl Env {
                 oci_image: None,
                 gateway_namespace: "istio-system".into(),
                 stable_by_default_route: false,
+                per_cluster_rendering: false,
             },
             namespace: "ksit-system".into(),
             target_namespaces: vec!["ksit-system".into()],

@@ -35,6 +35,18 @@ fn say(s: &str) {
     println!("{s}");
 }
 
+/// The policy a cluster's filter applies: the shared pluginConfig's spec with that cluster's overrides
+/// resolved (what the report compares the traffic with).
+fn resolved_for(config: &Value, cluster: &str) -> Value {
+    ksit_policy::PluginConfig::from_json(config.to_string().as_bytes())
+        .ok()
+        .and_then(|c| {
+            let spec = c.policies.first()?.spec.resolve(Some(cluster));
+            serde_json::to_value(spec).ok()
+        })
+        .unwrap_or(Value::Null)
+}
+
 fn example() -> PathBuf {
     ksit_tests::repo_root().join("manifests/examples/multi-cluster-mesh")
 }
@@ -160,6 +172,7 @@ async fn run() -> anyhow::Result<()> {
             oci_image: None,
             gateway_namespace: "istio-system".into(),
             stable_by_default_route: false,
+            per_cluster_rendering: false,
         },
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],
@@ -252,6 +265,7 @@ async fn run() -> anyhow::Result<()> {
         {"destination": {"host": "api-service-v2", "port": {"number": 8080}}, "weight": 30}]}]}]);
     hub.put(tp, "kubectl-edit")?;
     let t = Instant::now();
+    // The WasmPlugin is the same on every cluster; each proxy resolves its own cluster's overrides.
     let weight = |m: &Emulator| {
         m.object(
             "extensions.istio.io",
@@ -260,8 +274,12 @@ async fn run() -> anyhow::Result<()> {
             "ksit-default-myapp",
         )
         .and_then(|w| {
-            w.pointer("/spec/pluginConfig/http/0/route/1/weight")
-                .and_then(Value::as_i64)
+            let config = ksit_policy::PluginConfig::from_json(
+                w["spec"]["pluginConfig"].to_string().as_bytes(),
+            )
+            .ok()?;
+            let spec = config.policies.first()?.spec.resolve(Some(m.name()));
+            spec.http.first()?.route.get(1)?.weight
         })
     };
     while weight(&members[1].0) != Some(30) {
@@ -304,9 +322,12 @@ async fn run() -> anyhow::Result<()> {
         cfg.concurrency = 1;
         cfg.virtual_service = Some(vs["spec"].clone());
         cfg.filter = Some(FilterConfig::new(&wp["spec"]["pluginConfig"])?);
+        // As istiod bootstraps a proxy: its cluster's ID in the node metadata, from which the filter picks
+        // that cluster's overrides out of the shared pluginConfig.
+        cfg.node_metadata = Some(json!({"CLUSTER_ID": m.name()}));
         let envoy = Envoy::start(&cfg).await?;
         say(&format!(
-            "{}: Envoy {} on {} with that cluster's pluginConfig and VirtualService routes",
+            "{}: Envoy {} on {} with the shared pluginConfig and VirtualService routes (CLUSTER_ID {0})",
             m.name(),
             envoy.version,
             envoy.listener
@@ -314,7 +335,7 @@ async fn run() -> anyhow::Result<()> {
         envoys.push((
             m.name().to_string(),
             envoy,
-            wp["spec"]["pluginConfig"].clone(),
+            resolved_for(&wp["spec"]["pluginConfig"], m.name()),
         ));
     }
 
