@@ -42,7 +42,7 @@ endef
 kube:
 	@command -v go >/dev/null || { echo "Go is required to build the test API servers (tests/kube)"; exit 1; }
 	@start=$$(date +%s); tests/kube/build.sh kube >/dev/null && tests/kube/build.sh istio >/dev/null && \
-	  tests/kube/build.sh istio-crds >/dev/null && \
+	  tests/kube/build.sh istio-crds >/dev/null && tests/kube/build.sh kubestellar-crds >/dev/null && \
 	  echo "kube: etcd, kube-apiserver and istioctl ready in $$(( $$(date +%s) - start )) s ($$(tests/kube/build.sh kube))"
 
 wasm-opt:

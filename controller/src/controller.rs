@@ -44,9 +44,16 @@ pub struct ControllerArgs {
     )]
     pub target_namespaces: Vec<String>,
     /// KubeStellar owns BindingPolicies here: it copies the selected objects and reports on the bindings;
-    /// ksit only renders each bound TrafficPolicy's WasmPlugin and VirtualService per cluster.
+    /// ksit only renders each bound TrafficPolicy's WasmPlugin and VirtualService and pushes them itself.
     #[arg(long)]
     pub kubestellar_owns_bindings: bool,
+    /// Who delivers ksit's objects to the member clusters. `push`: ksit applies them to every bound cluster
+    /// with the kubeconfig Secrets. `kubestellar`: ksit writes the WasmPlugins and VirtualServices, one set
+    /// for every cluster, on the hub (KubeStellar's WDS) with a companion BindingPolicy `ksit-B` per
+    /// BindingPolicy `B` that sends TrafficPolicies, talks to no member cluster, and takes status from what
+    /// KubeStellar reports (needs manifests/install/rbac-kubestellar.yaml on the hub).
+    #[arg(long, value_enum, default_value = "push", env = "KSIT_DELIVER")]
+    pub deliver: Delivery,
     /// Full resync of every cluster this often, even without changes.
     #[arg(long, default_value = "300")]
     pub resync_seconds: u64,
@@ -63,6 +70,16 @@ pub struct ControllerArgs {
     /// Lease duration; a replica takes over this long after the leader stops renewing.
     #[arg(long, default_value = "15")]
     pub lease_seconds: u64,
+}
+
+/// Who delivers ksit's objects to the member clusters (`--deliver`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// ksit applies them to every bound cluster itself.
+    #[default]
+    Push,
+    /// KubeStellar does, from the objects ksit writes on the hub.
+    Kubestellar,
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -97,6 +114,9 @@ pub async fn run_async_on(
 ) -> anyhow::Result<()> {
     let client = hub_client(&args).await?;
     let (module, settings) = args.module.settings()?;
+    if args.deliver == Delivery::Kubestellar && settings.per_cluster {
+        anyhow::bail!("--deliver kubestellar sends one set of objects to every cluster a binding selects; it cannot be combined with --per-cluster-rendering");
+    }
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(ServerState {
         metrics: metrics.clone(),
@@ -266,13 +286,37 @@ async fn lead(
         Api::<BindingPolicy>::all(client.clone()),
         poke_tx.clone(),
     ));
+    let delivered_by_kubestellar = args.deliver == Delivery::Kubestellar;
+    if delivered_by_kubestellar {
+        // KubeStellar's report on a companion (its Binding) is a change of status.
+        let bindings = crate::member::api_resource(&desired::ResourceKind::new(
+            "control.kubestellar.io",
+            "v1alpha1",
+            "Binding",
+            "bindings",
+            false,
+        ));
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &bindings);
+        let tx = poke_tx.clone();
+        fixed.push(tokio::spawn(async move {
+            let cfg = kube::runtime::watcher::Config::default();
+            let mut s = kube::runtime::watcher(api, cfg).boxed();
+            while let Some(ev) = s.next().await {
+                if ev.is_ok() {
+                    let _ = tx.try_send(());
+                } else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }));
+    }
     let _guard = AbortOnDrop::tasks(fixed);
     let mut dynamic: BTreeMap<desired::ResourceKind, JoinHandle<()>> = BTreeMap::new();
     let mut dynamic_guard = AbortOnDrop(Vec::new());
     let mut reader = HubReader::new(
         client.clone(),
         args.target_namespaces.clone(),
-        !args.kubestellar_owns_bindings,
+        !args.kubestellar_owns_bindings && !delivered_by_kubestellar,
         settings.gateway_namespace.clone(),
     );
     let reporter = Reporter {
@@ -338,19 +382,45 @@ async fn lead(
                     }
                     dynamic_guard.0 = dynamic.values().map(JoinHandle::abort_handle).collect();
                     revision += 1;
-                    update_workers(
-                        &args,
-                        &client,
-                        &metrics,
-                        &state,
-                        &want,
-                        revision,
-                        &mut workers,
-                        &mut plans,
-                        &report_tx,
-                    );
-                    reports.retain(|c, _| workers.contains_key(c));
-                    metrics.clusters_total.set(workers.len() as i64);
+                    if delivered_by_kubestellar {
+                        let delivered = tokio::time::timeout(
+                            hub_timeout,
+                            deliver(&client, &state, &want, revision),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::Timeout {
+                                cluster: "hub".into(),
+                                seconds: hub_timeout.as_secs(),
+                            })
+                        });
+                        match delivered {
+                            Ok((p, r)) => {
+                                plans = p;
+                                reports = r;
+                            }
+                            Err(e) => {
+                                log::warn!("delivering through KubeStellar: {e}");
+                                metrics.count_error("hub", &e);
+                                hub_dirty = true;
+                            }
+                        }
+                        metrics.clusters_total.set(plans.len() as i64);
+                    } else {
+                        update_workers(
+                            &args,
+                            &client,
+                            &metrics,
+                            &state,
+                            &want,
+                            revision,
+                            &mut workers,
+                            &mut plans,
+                            &report_tx,
+                        );
+                        reports.retain(|c, _| workers.contains_key(c));
+                        metrics.clusters_total.set(workers.len() as i64);
+                    }
                     server.ready.store(true, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -365,6 +435,7 @@ async fn lead(
                 desired: &want,
                 plans: &plans,
                 reports: &reports,
+                delivered_by_kubestellar,
             };
             write_status(&mut status, &view, hub_timeout).await;
             status_written = tokio::time::Instant::now();
@@ -394,7 +465,7 @@ async fn lead(
                 }
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                let view = View { state: &state, desired: &want, plans: &plans, reports: &reports };
+                let view = View { state: &state, desired: &want, plans: &plans, reports: &reports, delivered_by_kubestellar };
                 write_status(&mut status, &view, hub_timeout).await;
                 status_written = tokio::time::Instant::now();
                 status_due = None;
@@ -404,6 +475,46 @@ async fn lead(
         // Detached: the trim runs on the blocking pool while the loop goes on.
         drop(trimmer.maybe_trim());
     }
+}
+
+/// One delivery through KubeStellar: the hub brought to what the TrafficPolicies render, then what
+/// KubeStellar reports on it, as plans and reports per cluster for the status writer.
+async fn deliver(
+    client: &Client,
+    state: &HubState,
+    want: &Desired,
+    revision: u64,
+) -> Result<
+    (
+        BTreeMap<String, Arc<ClusterPlan>>,
+        BTreeMap<String, ClusterReport>,
+    ),
+    Error,
+> {
+    let set = crate::delivery::plan(&state.hub.bindings, want);
+    let synced = crate::delivery::sync(client, &set).await?;
+    for e in &synced.errors {
+        log::warn!("hub: {e}");
+    }
+    let ks = crate::delivery::read_kubestellar(client, &set).await?;
+    let reports = crate::delivery::reports(want, &set, &ks, revision);
+    let plans = want
+        .clusters
+        .iter()
+        .filter(|(c, _)| reports.contains_key(*c))
+        .map(|(c, cd)| {
+            (
+                c.clone(),
+                Arc::new(ClusterPlan {
+                    objects: cd.objects.clone(),
+                    retain: want.retain.clone(),
+                    prune_kinds: BTreeSet::new(),
+                    revision,
+                }),
+            )
+        })
+        .collect();
+    Ok((plans, reports))
 }
 
 /// Writes status for `view` to the hub within `limit`; a pass cut short is written again on the next change

@@ -6,6 +6,7 @@
 
 pub mod analyze;
 pub mod controller;
+pub mod delivery;
 pub mod desired;
 pub mod error;
 pub mod explain;

@@ -21,6 +21,8 @@ pub struct View<'a> {
     pub desired: &'a Desired,
     pub plans: &'a BTreeMap<String, Arc<ClusterPlan>>,
     pub reports: &'a BTreeMap<String, ClusterReport>,
+    /// KubeStellar delivers (`--deliver kubestellar`): ksit does not connect to the clusters.
+    pub delivered_by_kubestellar: bool,
 }
 
 impl View<'_> {
@@ -294,6 +296,11 @@ pub fn target_status(v: &View<'_>, t: &IntegrationTarget) -> IntegrationTargetSt
     let c = &t.spec.cluster_name;
     let generation = t.metadata.generation;
     let (ok, reason, message) = match v.reports.get(c) {
+        _ if v.delivered_by_kubestellar => (
+            true,
+            "DeliveredByKubeStellar",
+            "KubeStellar delivers to this cluster; ksit does not connect to it".to_string(),
+        ),
         None => (false, "Pending", "not contacted yet".to_string()),
         Some(r) if r.reachable => (true, "Connected", "reachable".to_string()),
         Some(r) => {

@@ -96,6 +96,7 @@ async fn controller_on_one_cluster_that_is_hub_and_member() {
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],
         kubestellar_owns_bindings: false,
+        deliver: ksit_controller::controller::Delivery::Push,
         resync_seconds: 5,
         member_timeout_seconds: 5,
         hub_timeout_seconds: 30,

@@ -4,6 +4,7 @@
 #   build.sh kube    etcd and kube-apiserver (or $KUBEBUILDER_ASSETS when it holds both, as envtest does)
 #   build.sh istio        istioctl, from the pinned istio.io/istio module
 #   build.sh istio-crds   Istio's CRDs (crd-all.gen.yaml) from that module: a module download, no build
+#   build.sh kubestellar-crds   KubeStellar's BindingPolicy and Binding CRDs from github.com/kubestellar/kubestellar
 # Build times go to stderr. Concurrent callers wait for one build (flock).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -78,8 +79,26 @@ istio-crds)
     fi
     echo "$dir"
     ;;
+kubestellar-crds)
+    # Pinned here: the module is only downloaded, for its CRDs (config/crd/bases).
+    version=v0.26.0
+    dir="$cache/kubestellar-crds-$version"
+    mkdir -p "$dir"
+    exec 9>"$dir/.lock"
+    flock 9
+    if [ ! -s "$dir/kubestellar-crds.yaml" ]; then
+        mod=$(cd "$here/go/istioctl" && go mod download -json "github.com/kubestellar/kubestellar@$version" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+        [ -n "$mod" ] || { echo "ksit-kube: go mod download github.com/kubestellar/kubestellar@$version gave no folder" >&2; exit 1; }
+        for f in bindingpolicies bindings; do
+            echo "---"
+            cat "$mod/config/crd/bases/control.kubestellar.io_$f.yaml"
+        done > "$dir/kubestellar-crds.yaml.tmp"
+        mv "$dir/kubestellar-crds.yaml.tmp" "$dir/kubestellar-crds.yaml"
+    fi
+    echo "$dir"
+    ;;
 *)
-    echo "usage: $0 kube|istio|istio-crds" >&2
+    echo "usage: $0 kube|istio|istio-crds|kubestellar-crds" >&2
     exit 2
     ;;
 esac

@@ -994,3 +994,101 @@ async fn chained_filters_keep_each_others_decisions() {
         );
     }
 }
+
+/// KubeStellar delivery and GitOps copy one rendered WasmPlugin and VirtualService to every cluster: in each
+/// cluster's Envoy (CLUSTER_ID in its node metadata, as istiod bootstraps it) they route every request as the
+/// per-cluster rendering does, including a destination only one cluster's override uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rendering_for_every_cluster_routes_as_each_clusters_own() {
+    use ksit_controller::desired::{self, ModuleSource, RenderSettings};
+    use ksit_controller::manifests::{hub_from_documents, read_documents};
+    let example = ksit_tests::repo_root().join("manifests/examples/multi-cluster-mesh");
+    let mut docs = read_documents(&[example]).unwrap();
+    let tp = docs
+        .iter_mut()
+        .find(|d| d.kind() == "TrafficPolicy")
+        .unwrap();
+    let spec = tp.value["spec"].as_object_mut().unwrap();
+    spec["http"][0].as_object_mut().unwrap().remove("fault");
+    spec.insert(
+        "overrides".into(),
+        json!([
+            {"clusters": ["cluster1"], "http": [{"name": "api", "route": [
+                {"destination": {"host": "api-service-v1", "port": {"number": 8080}}, "weight": 0},
+                {"destination": {"host": "api-service-v2", "port": {"number": 8080}}, "weight": 100}]}]},
+            {"clusters": ["cluster2"], "http": [{"name": "api", "route": [
+                {"destination": {"host": "api-service-v1", "port": {"number": 8080}}, "weight": 50},
+                {"destination": {"host": "web-service", "port": {"number": 80}}, "weight": 50}]}]}
+        ]),
+    );
+    let hub = hub_from_documents(&docs).unwrap();
+    let settings = |per_cluster| RenderSettings {
+        module: ModuleSource::Oci {
+            image: "oci://r/ksit:1".into(),
+        },
+        gateway_namespace: "istio-system".into(),
+        stable_by_default_route: false,
+        per_cluster,
+    };
+    let (shared, own) = (
+        desired::compute(&hub, &settings(false)),
+        desired::compute(&hub, &settings(true)),
+    );
+    let spec_of = |d: &desired::Desired, cluster: &str, kind: &str| -> Value {
+        d.clusters[cluster]
+            .objects
+            .iter()
+            .find(|o| o.kind.kind == kind && !o.traffic_policies.is_empty())
+            .map(|o| o.manifest["spec"].clone())
+            .unwrap()
+    };
+    // One set: the same objects for both clusters.
+    assert_eq!(
+        spec_of(&shared, "cluster1", "WasmPlugin"),
+        spec_of(&shared, "cluster2", "WasmPlugin")
+    );
+    assert_eq!(
+        spec_of(&shared, "cluster1", "VirtualService"),
+        spec_of(&shared, "cluster2", "VirtualService")
+    );
+    let v = envoy_versions().remove(0);
+    for cluster in ["cluster1", "cluster2"] {
+        let one = Rig::start_on_node(
+            &v,
+            &spec_of(&shared, cluster, "WasmPlugin")["pluginConfig"],
+            &[],
+            1,
+            Some(spec_of(&shared, cluster, "VirtualService")),
+            Some(json!({"CLUSTER_ID": cluster})),
+        )
+        .await;
+        let per = Rig::start_routed(
+            &v,
+            &spec_of(&own, cluster, "WasmPlugin")["pluginConfig"],
+            &[],
+            1,
+            Some(spec_of(&own, cluster, "VirtualService")),
+        )
+        .await;
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..150 {
+            let user = format!("u{i}");
+            for path in ["/api/orders", "/web/index.html", "/other"] {
+                let h = [("x-user-id", user.as_str())];
+                let (a, b) = (one.get(path, &h).await, per.get(path, &h).await);
+                assert_eq!(a.status, b.status, "{cluster} {path} {user}");
+                assert_eq!(a.backend(), b.backend(), "{cluster} {path} {user}");
+                *seen.entry(a.backend().map(String::from)).or_insert(0) += 1;
+            }
+        }
+        // The overrides took effect: cluster1 sends /api to v2 only; cluster2 splits v1 and web-service.
+        let api_on = |b: &str| seen.get(&Some(b.to_string())).copied().unwrap_or(0);
+        match cluster {
+            "cluster1" => assert_eq!(api_on("api-service-v1"), 0, "{seen:?}"),
+            _ => assert!(
+                api_on("web-service") > 150 + 40 && api_on("api-service-v1") > 40,
+                "{seen:?}"
+            ),
+        }
+    }
+}

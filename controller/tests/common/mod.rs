@@ -166,6 +166,7 @@ pub fn args(s: &Setup, identity: &str) -> ControllerArgs {
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],
         kubestellar_owns_bindings: false,
+        deliver: ksit_controller::controller::Delivery::Push,
         resync_seconds: 3,
         member_timeout_seconds: 2,
         hub_timeout_seconds: 30,

@@ -59,3 +59,12 @@ pub fn istio_crds_yaml() -> anyhow::Result<String> {
     std::fs::read_to_string(&p)
         .with_context(|| format!("reading Istio's CRDs from {}", p.display()))
 }
+
+/// KubeStellar's own BindingPolicy and Binding CRDs, from the pinned `github.com/kubestellar/kubestellar`
+/// module (`config/crd/bases`; a module download, nothing is built).
+pub fn kubestellar_crds_yaml() -> anyhow::Result<String> {
+    static CELL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let p = cached(&CELL, "kubestellar-crds")?.join("kubestellar-crds.yaml");
+    std::fs::read_to_string(&p)
+        .with_context(|| format!("reading KubeStellar's CRDs from {}", p.display()))
+}

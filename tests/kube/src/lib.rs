@@ -9,7 +9,7 @@ mod client;
 mod process;
 mod server;
 
-pub use assets::{istio_crds_yaml, istioctl, kube_assets};
+pub use assets::{istio_crds_yaml, istioctl, kube_assets, kubestellar_crds_yaml};
 pub use audit::{rfc3339, AuditEvent};
 pub use client::{Client, Resource, Response};
 pub use process::Supervised;

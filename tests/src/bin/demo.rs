@@ -177,6 +177,7 @@ async fn run() -> anyhow::Result<()> {
         namespace: "ksit-system".into(),
         target_namespaces: vec!["ksit-system".into()],
         kubestellar_owns_bindings: false,
+        deliver: ksit_controller::controller::Delivery::Push,
         resync_seconds: 30,
         member_timeout_seconds: 3,
         hub_timeout_seconds: 30,
