@@ -500,3 +500,200 @@ pub fn reported_problem(object: &Value) -> Option<String> {
     );
     (!problems.is_empty()).then(|| problems.join("; "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{compute, Cluster, Hub, ModuleSource, RenderSettings};
+    use crate::resources::TrafficPolicy;
+
+    fn hub(bindings: &[(&str, &str)]) -> Hub {
+        let bp = |name: &str, label: &str| -> BindingPolicy {
+            serde_json::from_value(json!({"apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy",
+                "metadata": {"name": name}, "spec": {"clusterSelectors": [{"matchLabels": {label: "yes"}}],
+                "downsync": [{"apiGroup": "ksit.io", "resources": ["trafficpolicies"]}]}}))
+            .unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let tp: TrafficPolicy = serde_json::from_value(json!({"apiVersion": "ksit.io/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": {"name": "app", "namespace": "default", "generation": 1},
+            "spec": {"hosts": ["app.example.com"], "selector": {"matchLabels": {"istio": "ingressgateway"}},
+                "http": [{"name": "api", "route": [{"destination": {"host": "v1"}, "weight": 90}, {"destination": {"host": "v2"}, "weight": 10}]}],
+                "overrides": [{"clusters": ["c2"], "http": [{"name": "api", "route": [{"destination": {"host": "v1"}, "weight": 50}, {"destination": {"host": "v2"}, "weight": 50}]}]}]}}))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        Hub {
+            clusters: ["c1", "c2"]
+                .iter()
+                .map(|c| Cluster {
+                    name: c.to_string(),
+                    labels: [
+                        ("east".to_string(), "yes".to_string()),
+                        (format!("is-{c}"), "yes".to_string()),
+                    ]
+                    .into(),
+                })
+                .collect(),
+            bindings: bindings.iter().map(|(n, l)| bp(n, l)).collect(),
+            traffic_policies: vec![tp],
+            ..Default::default()
+        }
+    }
+
+    fn settings() -> RenderSettings {
+        RenderSettings {
+            module: ModuleSource::Oci {
+                image: "oci://r/ksit:1".into(),
+            },
+            gateway_namespace: "istio-system".into(),
+            stable_by_default_route: false,
+            per_cluster: false,
+        }
+    }
+
+    #[test]
+    fn one_labelled_set_and_a_companion_per_binding() {
+        let h = hub(&[("all", "east"), ("only-c2", "is-c2")]);
+        let set = plan(&h.bindings, &compute(&h, &settings()));
+        let keys: Vec<String> = set.objects.iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "WasmPlugin istio-system/ksit-default-app",
+                "VirtualService default/ksit-app"
+            ]
+        );
+        for (_, m) in &set.objects {
+            let labels = &m["metadata"]["labels"];
+            // c2 is bound by both: the object carries both bindings' labels.
+            assert_eq!(labels["delivery.ksit.io/all"], "true");
+            assert_eq!(labels["delivery.ksit.io/only-c2"], "true");
+            assert_eq!(labels[DELIVERY_LABEL], "kubestellar");
+            assert_eq!(
+                m["metadata"]["annotations"][desired::BINDING_ANNOTATION],
+                "all,only-c2"
+            );
+        }
+        let names: Vec<&str> = set
+            .companions
+            .iter()
+            .filter_map(|c| c["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names, ["ksit-all", "ksit-only-c2"]);
+        assert_eq!(
+            set.companions[1]["spec"]["clusterSelectors"],
+            json!([{"matchLabels": {"is-c2": "yes"}}])
+        );
+        assert!(set.conflicts.is_empty() && set.held.is_empty());
+    }
+
+    #[test]
+    fn a_long_binding_name_gets_a_hashed_label_key() {
+        let long = "b".repeat(80);
+        let key = binding_label(&long);
+        assert!(
+            key.len() <= FOR_BINDING_PREFIX.len() + 63 && key.starts_with("delivery.ksit.io/b-"),
+            "{key}"
+        );
+        assert_eq!(key, binding_label(&long));
+        assert_eq!(binding_label("short"), "delivery.ksit.io/short");
+    }
+
+    #[test]
+    fn per_cluster_rendering_is_a_conflict_held_on_the_hub() {
+        let h = hub(&[("all", "east")]);
+        let d = compute(
+            &h,
+            &RenderSettings {
+                per_cluster: true,
+                ..settings()
+            },
+        );
+        let set = plan(&h.bindings, &d);
+        assert!(
+            set.conflicts
+                .iter()
+                .any(|c| c.starts_with("WasmPlugin istio-system/ksit-default-app differs")),
+            "{:?}",
+            set.conflicts
+        );
+        assert!(set.objects.iter().all(|(k, _)| k.kind.kind != "WasmPlugin"));
+        assert!(set.held.iter().any(|k| k.kind.kind == "WasmPlugin"));
+    }
+
+    #[test]
+    fn reports_follow_what_kubestellar_says() {
+        let h = hub(&[("all", "east")]);
+        let d = compute(&h, &settings());
+        let set = plan(&h.bindings, &d);
+        let outcome = |ks: &KubeStellarState, c: &str| -> Vec<Outcome> {
+            reports(&d, &set, ks, 7)[c]
+                .objects
+                .iter()
+                .map(|o| o.outcome.clone())
+                .collect()
+        };
+        let failed_with = |o: &[Outcome], text: &str| {
+            o.iter()
+                .all(|x| matches!(x, Outcome::Failed(m) if m.contains(text)))
+        };
+        // Nothing reported yet: said plainly.
+        let o = outcome(&KubeStellarState::default(), "c1");
+        assert!(
+            failed_with(&o, "KubeStellar has not reported on BindingPolicy ksit-all"),
+            "{o:?}"
+        );
+        let mut ks = KubeStellarState::default();
+        ks.bindings.insert(
+            "all".into(),
+            Reported {
+                destinations: Some(["c1".to_string()].into()),
+                conditions: [("Ready".to_string(), (true, String::new()))].into(),
+                errors: vec![],
+            },
+        );
+        assert!(outcome(&ks, "c1").iter().all(|o| *o == Outcome::Synced));
+        assert!(failed_with(
+            &outcome(&ks, "c2"),
+            "does not list this cluster"
+        ));
+        if let Some(r) = ks.bindings.get_mut("all") {
+            r.conditions
+                .insert("Synced".into(), (false, "quota exceeded".into()));
+        }
+        assert!(failed_with(&outcome(&ks, "c1"), "Synced: quota exceeded"));
+        if let Some(r) = ks.bindings.get_mut("all") {
+            r.conditions.clear();
+        }
+        let wp = set.objects[0].0.clone();
+        ks.object_problems
+            .insert(wp.clone(), "Reconciled plugin fetch failed".into());
+        let r = &reports(&d, &set, &ks, 7)["c1"];
+        let of = |k: &ObjectKey| {
+            r.objects
+                .iter()
+                .find(|o| o.key == *k)
+                .map(|o| o.outcome.clone())
+        };
+        assert!(
+            matches!(of(&wp), Some(Outcome::Failed(m)) if m.contains("reported by the cluster: Reconciled plugin fetch failed"))
+        );
+        assert_eq!(r.revision, 7);
+    }
+
+    #[test]
+    fn a_clusters_reported_status_names_its_problems() {
+        assert_eq!(reported_problem(&json!({"spec": {}})), None);
+        assert_eq!(
+            reported_problem(
+                &json!({"status": {"conditions": [{"type": "Reconciled", "status": "True"}]}})
+            ),
+            None
+        );
+        assert_eq!(
+            reported_problem(
+                &json!({"status": {"conditions": [{"type": "Reconciled", "status": "False", "message": "no"}],
+                "validationMessages": [{"level": "ERROR", "description": "bad host"}, {"level": "INFO", "description": "fine"}]}})
+            ),
+            Some("Reconciled no; bad host".into())
+        );
+    }
+}
