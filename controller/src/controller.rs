@@ -436,6 +436,7 @@ async fn lead(
                 plans: &plans,
                 reports: &reports,
                 delivered_by_kubestellar,
+                per_cluster_rendering: settings.per_cluster,
             };
             write_status(&mut status, &view, hub_timeout).await;
             status_written = tokio::time::Instant::now();
@@ -465,7 +466,7 @@ async fn lead(
                 }
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                let view = View { state: &state, desired: &want, plans: &plans, reports: &reports, delivered_by_kubestellar };
+                let view = View { state: &state, desired: &want, plans: &plans, reports: &reports, delivered_by_kubestellar, per_cluster_rendering: settings.per_cluster };
                 write_status(&mut status, &view, hub_timeout).await;
                 status_written = tokio::time::Instant::now();
                 status_due = None;

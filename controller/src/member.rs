@@ -46,6 +46,8 @@ pub struct ObjectReport {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IstioHealth {
     pub istiod_available: bool,
+    /// The `CLUSTER_ID` istiod gives its proxies (its container's environment), when set there.
+    pub cluster_id: Option<String>,
     pub ingress_gateway: bool,
 }
 
@@ -1054,8 +1056,18 @@ impl Worker {
                     .map(String::as_str)
                     == Some("ingressgateway")
         });
+        let cluster_id = list
+            .items
+            .iter()
+            .filter(|d| d.metadata.name.as_deref() == Some("istiod"))
+            .flat_map(|d| d.spec.template.spec.iter())
+            .flat_map(|p| p.containers.iter())
+            .flat_map(|c| c.env.iter().flatten())
+            .find(|e| e.name == "CLUSTER_ID")
+            .and_then(|e| e.value.clone());
         Ok(IstioHealth {
             istiod_available,
+            cluster_id,
             ingress_gateway,
         })
     }

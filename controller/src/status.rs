@@ -23,6 +23,8 @@ pub struct View<'a> {
     pub reports: &'a BTreeMap<String, ClusterReport>,
     /// KubeStellar delivers (`--deliver kubestellar`): ksit does not connect to the clusters.
     pub delivered_by_kubestellar: bool,
+    /// Each cluster gets its own rendering (`--per-cluster-rendering`), which names the cluster.
+    pub per_cluster_rendering: bool,
 }
 
 impl View<'_> {
@@ -215,7 +217,8 @@ pub fn traffic_policy_status(v: &View<'_>, tp: &TrafficPolicy) -> TrafficPolicyS
         if !cd.objects.iter().any(|o| o.carries(&key)) {
             continue;
         }
-        let (desired, synced, errors) = v.outcome(c, |o| o.carries(&key));
+        let (desired, synced, mut errors) = v.outcome(c, |o| o.carries(&key));
+        errors.extend(cluster_id_mismatch(v, c, tp));
         let applied_now = v.current(c).is_some() && desired == synced && errors.is_empty();
         let applied_generation = if applied_now {
             ready += 1;
@@ -290,6 +293,41 @@ pub fn traffic_policy_status(v: &View<'_>, tp: &TrafficPolicy) -> TrafficPolicyS
         ready_clusters: ready,
         clusters,
     }
+}
+
+/// When one rendering serves every cluster, the filter finds its cluster's overrides by the proxy's Istio
+/// cluster ID. If istiod in `cluster` gives its proxies another ID than the hub expects (the cluster's name,
+/// or its IntegrationTarget's ksit.io/istio-cluster-id), and `tp` has overrides for that cluster, its
+/// proxies apply the base policy: say so, and how to fix it.
+fn cluster_id_mismatch(v: &View<'_>, cluster: &str, tp: &TrafficPolicy) -> Option<String> {
+    if v.per_cluster_rendering {
+        return None;
+    }
+    let seen = v
+        .reports
+        .get(cluster)?
+        .istio
+        .as_ref()?
+        .cluster_id
+        .as_deref()?;
+    let expected = v
+        .state
+        .hub
+        .istio_cluster_ids
+        .get(cluster)
+        .map_or(cluster, String::as_str);
+    let overridden = tp
+        .spec
+        .0
+        .overrides
+        .iter()
+        .any(|o| o.clusters.iter().any(|c| c == cluster));
+    (seen != expected && overridden).then(|| {
+        format!(
+            "istiod gives this cluster's proxies CLUSTER_ID {seen}, not {expected}: they apply the base policy without this cluster's overrides; annotate its IntegrationTarget with {}: {seen}",
+            crate::desired::ISTIO_CLUSTER_ID_ANNOTATION
+        )
+    })
 }
 
 pub fn target_status(v: &View<'_>, t: &IntegrationTarget) -> IntegrationTargetStatus {

@@ -836,3 +836,62 @@ async fn where_kubestellar_owns_bindings_ksit_only_renders_traffic_policies() {
     controller.abort();
     env.assert_least_privilege_held();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cluster_id_the_hub_does_not_map_is_reported_until_annotated() {
+    let env = Env::start().await;
+    // cluster1's istiod gives its proxies Istio's default cluster ID, and the policy overrides cluster1.
+    env.member("cluster1")
+        .set_istiod_cluster_id("Kubernetes")
+        .await;
+    let mut tp = docs("trafficpolicy.yaml").remove(0);
+    tp["spec"]["overrides"] = json!([{"clusters": ["cluster1"], "http": [{"name": "api", "route": [
+        {"destination": {"host": "api-service-v1", "port": {"number": 8080}}, "weight": 50},
+        {"destination": {"host": "api-service-v2", "port": {"number": 8080}}, "weight": 50}]}]}]);
+    env.hub_admin.apply(&tp, "kubectl").await.unwrap();
+    let controller = tokio::spawn(run_async(env.args("replica-a")));
+    synced(&env).await;
+    let cluster1_error = || async {
+        let tp = env.traffic_policy("myapp").await;
+        status(&tp, "/status/clusters")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "cluster1").cloned())
+            .and_then(|c| c["error"].as_str().map(String::from))
+    };
+    until(
+        "the mismatch reported on cluster1",
+        Duration::from_secs(15),
+        || async {
+            cluster1_error().await.is_some_and(|e| {
+                e.contains("CLUSTER_ID Kubernetes, not cluster1")
+                    && e.contains("ksit.io/istio-cluster-id")
+            })
+        },
+    )
+    .await;
+    // Annotated: the shared pluginConfig maps Kubernetes to cluster1, and the error goes.
+    let mut it = docs("integrationtargets.yaml")
+        .into_iter()
+        .find(|t| t["spec"]["clusterName"] == "cluster1")
+        .unwrap();
+    it["metadata"]["annotations"] = json!({"ksit.io/istio-cluster-id": "Kubernetes"});
+    env.hub_admin.apply(&it, "kubectl").await.unwrap();
+    until(
+        "clusterIds rendered and the status clear",
+        Duration::from_secs(15),
+        || async {
+            let ids = env
+                .member("cluster2")
+                .wasm_plugin()
+                .await
+                .and_then(|w| w.pointer("/spec/pluginConfig/clusterIds").cloned());
+            ids == Some(json!({"Kubernetes": "cluster1"}))
+                && cluster1_error().await.is_none()
+                && status(&env.traffic_policy("myapp").await, "/status/readyClusters")
+                    == Some(&json!(2))
+        },
+    )
+    .await;
+    controller.abort();
+    env.assert_least_privilege_held();
+}

@@ -425,6 +425,23 @@ impl Drop for Env {
 }
 
 impl Member {
+    /// Gives istiod the CLUSTER_ID it passes its proxies (Istio's install sets it from the mesh's cluster
+    /// name; `Kubernetes` by default).
+    pub async fn set_istiod_cluster_id(&self, id: &str) {
+        let labels = json!({"app": "istiod"});
+        self.admin
+            .apply(
+                &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "istiod", "namespace": "istio-system", "labels": labels},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                        "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "main",
+                            "image": "example.invalid/none", "env": [{"name": "CLUSTER_ID", "value": id}]}]}}}}),
+                SETUP,
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn object(
         &self,
         group: &str,
