@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, watch};
 pub struct ClusterPlan {
     pub objects: Vec<Arc<DesiredObject>>,
     /// Objects to leave as they are (their source is invalid right now): neither updated nor pruned.
-    pub retain: BTreeSet<ObjectKey>,
+    pub retain: Arc<BTreeSet<ObjectKey>>,
     /// Kinds to look for stale ksit-managed objects in.
-    pub prune_kinds: BTreeSet<ResourceKind>,
+    pub prune_kinds: Arc<BTreeSet<ResourceKind>>,
     /// Increases with every new plan (reports say which plan they are about).
     pub revision: u64,
 }
@@ -243,7 +243,9 @@ pub struct Worker {
     /// every pass (a change to a hundred clusters would otherwise mean a hundred Secret reads on the hub).
     secret_read: Option<Instant>,
     /// Kinds known to exist in the cluster, per apiVersion.
-    discovered: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// When each was asked: a kind the cluster did not serve is asked about again only after
+    /// `DISCOVERY_RECHECK` (a CRD installed later is noticed within that), not on every pass.
+    discovered: BTreeMap<String, (Instant, Option<BTreeSet<String>>)>,
     watched: BTreeSet<ResourceKind>,
     /// One drift watch per (group, resource).
     watchers: BTreeMap<(String, String), tokio::task::JoinHandle<()>>,
@@ -263,9 +265,17 @@ pub struct Worker {
     /// Per object: the config hash and the live version at which it was last found (or made) as desired. An
     /// object whose view still has that version is not compared again while its desired hash is the same.
     verified: BTreeMap<Id, (Box<str>, Box<str>)>,
+    /// Istio's health as last looked at, and when.
+    istio: Option<(Instant, IstioHealth)>,
+    /// Whether this pass looks at everything again (once per resync): create-only objects are read again
+    /// (between such passes, one known to exist is not), and prune kinds with nothing of ksit's are listed.
+    full_look: bool,
     drift_tx: mpsc::Sender<()>,
     drift_rx: mpsc::Receiver<()>,
 }
+
+/// How long a kind a cluster did not serve is believed missing before discovery is asked again.
+const DISCOVERY_RECHECK: Duration = Duration::from_secs(10);
 
 /// How long the API server keeps one drift watch open before it is resumed.
 const DRIFT_WATCH_SECONDS: u32 = 60;
@@ -295,6 +305,8 @@ impl Worker {
             full_scan: None,
             cache: Default::default(),
             verified: BTreeMap::new(),
+            istio: None,
+            full_look: true,
             drift_tx,
             drift_rx,
         }
@@ -461,6 +473,7 @@ impl Worker {
         self.discovered.clear();
         self.empty_kinds.clear();
         self.verified.clear();
+        self.istio = None;
         // Watches of the old connection end; the new one's start with the next pass.
         self.watch_kinds(&client, BTreeSet::new());
         self.fresh = true;
@@ -470,9 +483,12 @@ impl Worker {
     /// Whether the cluster serves `kind` (cached per connection; refreshed when asked again after a miss).
     async fn has_kind(&mut self, client: &Client, kind: &ResourceKind) -> Result<bool, Error> {
         let av = kind.api_version();
-        if let Some(Some(set)) = self.discovered.get(&av) {
-            if set.contains(&kind.plural) {
+        if let Some((at, set)) = self.discovered.get(&av) {
+            if set.as_ref().is_some_and(|s| s.contains(&kind.plural)) {
                 return Ok(true);
+            }
+            if at.elapsed() < DISCOVERY_RECHECK {
+                return Ok(false);
             }
         }
         let list = if kind.group.is_empty() {
@@ -501,7 +517,7 @@ impl Worker {
             Err(e) => return Err(e),
         };
         let present = set.as_ref().is_some_and(|s| s.contains(&kind.plural));
-        self.discovered.insert(av, set);
+        self.discovered.insert(av, (Instant::now(), set));
         Ok(present)
     }
 
@@ -623,7 +639,19 @@ impl Worker {
             }
         }
         if report.reachable {
-            report.istio = self.istio_health(&client).await.ok();
+            // Istio's health changes rarely: looked at again once per resync (or after a failed look).
+            let stale = self
+                .istio
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= self.cfg.resync * 3 / 4);
+            if stale {
+                self.istio = self
+                    .istio_health(&client)
+                    .await
+                    .ok()
+                    .map(|h| (Instant::now(), h));
+            }
+            report.istio = self.istio.as_ref().map(|(_, h)| h.clone());
         }
         report
     }
@@ -656,6 +684,12 @@ impl Worker {
             }
             self.fresh = false;
             self.watch_kinds(client, kinds);
+        }
+        self.full_look = self
+            .full_scan
+            .is_none_or(|t| t.elapsed() >= self.cfg.resync * 3 / 4);
+        if self.full_look {
+            self.full_scan = Some(Instant::now());
         }
         let mut observed = Observed::default();
         let mut versions: BTreeMap<Id, Box<str>> = BTreeMap::new();
@@ -692,6 +726,10 @@ impl Worker {
                 }
                 Action::Keep { key, why } => {
                     let i = plan::id(&key);
+                    if why == Kept::CreateOnly {
+                        self.verified
+                            .insert(i.clone(), (Box::from(""), Box::from("")));
+                    }
                     // Found as desired by comparing: remembered with the version it was compared at.
                     if let (Kept::AsDesired, Some(v), Some(o)) = (
                         why,
@@ -804,6 +842,11 @@ impl Worker {
             }
         }
         let i = plan::id(&obj.key());
+        // A create-only object (a namespace, mostly) known to exist is not read again until the next full
+        // look: it would never be written anyway.
+        if obj.create_only && !self.full_look && self.verified.contains_key(&i) {
+            return Ok((Live::Verified, None));
+        }
         let seen = self.cache.lock().ok().and_then(|c| {
             let kind = c.get(&(obj.kind.group.clone(), obj.kind.plural.clone()))?;
             if !kind.ready {
@@ -857,14 +900,9 @@ impl Worker {
             .iter()
             .map(|o| (o.kind.group.clone(), o.kind.plural.clone()))
             .collect();
-        let full_scan = self
-            .full_scan
-            .is_none_or(|t| t.elapsed() >= self.cfg.resync * 3 / 4);
-        if full_scan {
-            self.full_scan = Some(Instant::now());
-        }
+        let full_scan = self.full_look;
         let mut looked = Vec::new();
-        for kind in &plan.prune_kinds {
+        for kind in plan.prune_kinds.iter() {
             if kind.kind == "Namespace" {
                 continue;
             }

@@ -358,7 +358,7 @@ mod tests {
         let wanted = desired(&vs("wanted"), json!({}), false);
         let plan_ = ClusterPlan {
             objects: vec![wanted.clone()],
-            retain: [vs("held")].into(),
+            retain: std::sync::Arc::new([vs("held")].into()),
             ..Default::default()
         };
         let ksit = ["ksit-controller"];

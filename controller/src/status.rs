@@ -40,15 +40,15 @@ impl View<'_> {
         cluster: &str,
         pred: impl Fn(&crate::desired::DesiredObject) -> bool,
     ) -> (i32, i32, Vec<String>) {
-        let plan = self.desired.clusters.get(cluster);
-        let wanted: Vec<_> = plan
-            .map(|p| {
-                p.objects
-                    .iter()
-                    .filter(|o| pred(o))
-                    .map(|o| o.key())
-                    .collect()
-            })
+        // Compared by reference: this runs for every cluster and object on every status pass.
+        let same = |o: &crate::desired::DesiredObject, k: &crate::desired::ObjectKey| {
+            o.name == k.name && o.namespace == k.namespace && o.kind == k.kind
+        };
+        let wanted: Vec<&crate::desired::DesiredObject> = self
+            .desired
+            .clusters
+            .get(cluster)
+            .map(|p| p.objects.iter().filter(|o| pred(o)).map(|o| &**o).collect())
             .unwrap_or_default();
         let mut synced = 0;
         let mut errors = Vec::new();
@@ -58,7 +58,7 @@ impl View<'_> {
                     errors.push(e.clone());
                 }
                 for o in &r.objects {
-                    if !wanted.contains(&o.key) {
+                    if !wanted.iter().any(|w| same(w, &o.key)) {
                         continue;
                     }
                     match &o.outcome {

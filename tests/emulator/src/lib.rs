@@ -353,6 +353,12 @@ impl Emulator {
             }
         }
     }
+    /// Light mode, for benchmarks of a client of many emulators: an apply to an existing object replaces its
+    /// top-level fields without schema checks or field ownership (managedFields only gain the manager's
+    /// name), so the emulators' own cost does not swamp what is measured. See README.md.
+    pub fn set_light(&self, light: bool) {
+        self.inner.store().light = light;
+    }
     /// How often watches that allow bookmarks get a BOOKMARK (default [`DEFAULT_BOOKMARK_MS`]).
     pub fn set_bookmark_interval(&self, every: Duration) {
         self.inner
