@@ -226,23 +226,66 @@ impl Drop for ClusterWorker {
     }
 }
 
-/// Spawns a watch on `api` that pokes `tx` on every change.
+/// Spawns a watch on `api` that pokes `tx` on every change, except one to an object's status alone (its
+/// status, resourceVersion and managedFields aside, the object is as it was): those are ksit's own status
+/// writes, which decide nothing, and at a thousand clusters each would cost a hub read and a status pass.
 fn poke_on_change<K>(api: Api<K>, tx: mpsc::Sender<()>) -> JoinHandle<()>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    use kube::runtime::watcher::Event;
     tokio::spawn(async move {
         let mut s = kube::runtime::watcher(api, Default::default()).boxed();
+        // uid -> fingerprint of what decides something.
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         while let Some(ev) = s.next().await {
-            match ev {
-                Ok(_) => {
-                    let _ = tx.try_send(());
+            let changed = match ev {
+                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
+                    let uid = o.meta().uid.clone().unwrap_or_default();
+                    let fingerprint = decisive_fingerprint(&o);
+                    seen.insert(uid, fingerprint) != Some(fingerprint)
                 }
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                Ok(Event::Delete(o)) => {
+                    seen.remove(o.meta().uid.as_deref().unwrap_or_default());
+                    true
+                }
+                Ok(Event::Init) | Ok(Event::InitDone) => false,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    false
+                }
+            };
+            if changed {
+                let _ = tx.try_send(());
             }
         }
     })
+}
+
+/// A hash of an object without its status, resourceVersion and managedFields.
+fn decisive_fingerprint<K: serde::Serialize>(o: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut v = serde_json::to_value(o).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    if let Some(m) = v
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// The shortest time between two status writes prompted by cluster reports: 200 ms, and half a millisecond
@@ -329,6 +372,9 @@ async fn lead(
     };
     let mut status = StatusWriter::new(client.clone(), Recorder::new(client.clone(), reporter));
     let (report_tx, mut report_rx) = mpsc::channel::<ClusterReport>(64);
+    let passes = Arc::new(tokio::sync::Semaphore::new(
+        crate::member::CONCURRENT_PASSES,
+    ));
     let mut workers: BTreeMap<String, ClusterWorker> = BTreeMap::new();
     let mut plans: BTreeMap<String, Arc<ClusterPlan>> = BTreeMap::new();
     let mut reports: BTreeMap<String, ClusterReport> = BTreeMap::new();
@@ -421,6 +467,7 @@ async fn lead(
                             &mut workers,
                             &mut plans,
                             &report_tx,
+                            &passes,
                         );
                         reports.retain(|c, _| workers.contains_key(c));
                         metrics.clusters_total.set(workers.len() as i64);
@@ -442,7 +489,7 @@ async fn lead(
                 delivered_by_kubestellar,
                 per_cluster_rendering: settings.per_cluster,
             };
-            write_status(&mut status, &view, hub_timeout).await;
+            write_status(&mut status, &view, hub_timeout, &metrics).await;
             status_written = tokio::time::Instant::now();
             status_due = None;
         }
@@ -462,7 +509,6 @@ async fn lead(
                     changed |= reports.get(&r.cluster) != Some(&r);
                     reports.insert(r.cluster.clone(), r);
                 }
-                metrics.clusters_ready.set(crate::status::ready_clusters(&reports, &plans) as i64);
                 if changed && status_due.is_none() {
                     // Reports of one change trickle in from every cluster: status is written at most every
                     // status_every meanwhile, not once per report.
@@ -471,7 +517,7 @@ async fn lead(
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 let view = View { state: &state, desired: &want, plans: &plans, reports: &reports, delivered_by_kubestellar, per_cluster_rendering: settings.per_cluster };
-                write_status(&mut status, &view, hub_timeout).await;
+                write_status(&mut status, &view, hub_timeout, &metrics).await;
                 status_written = tokio::time::Instant::now();
                 status_due = None;
             }
@@ -524,7 +570,16 @@ async fn deliver(
 
 /// Writes status for `view` to the hub within `limit`; a pass cut short is written again on the next change
 /// or resync (each write compares with what the hub has).
-async fn write_status(status: &mut StatusWriter, view: &View<'_>, limit: Duration) {
+async fn write_status(
+    status: &mut StatusWriter,
+    view: &View<'_>,
+    limit: Duration,
+    metrics: &Metrics,
+) {
+    // Counted here, once per status pass: per batch of reports it was O(clusters) each time.
+    metrics
+        .clusters_ready
+        .set(crate::status::ready_clusters(view.reports, view.plans) as i64);
     if tokio::time::timeout(limit, status.write_all(view))
         .await
         .is_err()
@@ -547,6 +602,7 @@ fn update_workers(
     workers: &mut BTreeMap<String, ClusterWorker>,
     plans: &mut BTreeMap<String, Arc<ClusterPlan>>,
     report_tx: &mpsc::Sender<ClusterReport>,
+    passes: &Arc<tokio::sync::Semaphore>,
 ) {
     let targets: BTreeMap<&str, String> = state
         .targets
@@ -601,6 +657,7 @@ fn update_workers(
                     timeout: Duration::from_secs(args.member_timeout_seconds.max(1)),
                     resync: Duration::from_secs(args.resync_seconds.max(1)),
                     metrics: metrics.clone(),
+                    passes: passes.clone(),
                 });
                 let task = tokio::spawn(worker.run(rx, report_tx.clone()));
                 workers.insert(

@@ -72,7 +72,13 @@ pub struct WorkerConfig {
     pub timeout: Duration,
     pub resync: Duration,
     pub metrics: Arc<Metrics>,
+    /// Passes that may run at once across all workers: a change reaches every cluster at the same moment,
+    /// and a thousand passes at once would each hold their parsed objects and buffers together.
+    pub passes: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many clusters are worked on at once (see `WorkerConfig::passes`).
+pub const CONCURRENT_PASSES: usize = 64;
 
 pub fn api_resource(k: &ResourceKind) -> ApiResource {
     ApiResource {
@@ -246,6 +252,8 @@ pub struct Worker {
     /// When each was asked: a kind the cluster did not serve is asked about again only after
     /// `DISCOVERY_RECHECK` (a CRD installed later is noticed within that), not on every pass.
     discovered: BTreeMap<String, (Instant, Option<BTreeSet<String>>)>,
+    /// The kinds found served (no lookup by a formatted apiVersion on the way to the answer).
+    served: std::collections::HashSet<ResourceKind>,
     watched: BTreeSet<ResourceKind>,
     /// One drift watch per (group, resource).
     watchers: BTreeMap<(String, String), tokio::task::JoinHandle<()>>,
@@ -297,6 +305,7 @@ impl Worker {
             secret_read: None,
             client: None,
             discovered: BTreeMap::new(),
+            served: Default::default(),
             watched: BTreeSet::new(),
             watchers: BTreeMap::new(),
             generation: 0,
@@ -323,8 +332,10 @@ impl Worker {
         loop {
             round += 1;
             let plan = plans.borrow_and_update().clone();
+            let permit = self.cfg.passes.clone().acquire_owned().await;
             let started = Instant::now();
             let report = self.reconcile(&plan).await;
+            drop(permit);
             let failed = report.error.is_some()
                 || report
                     .objects
@@ -465,12 +476,13 @@ impl Worker {
         // unreachable) and cut the drift watches whenever a cluster is quiet for that long.
         config.connect_timeout = Some(self.cfg.timeout);
         config.write_timeout = Some(self.cfg.timeout);
-        let client = Client::try_from(config).map_err(|e| Error::Kubeconfig {
+        let client = member_client(config).map_err(|e| Error::Kubeconfig {
             cluster: cluster.clone(),
             message: first_line(&e.to_string()),
         })?;
         self.client = Some((fingerprint, client.clone()));
         self.discovered.clear();
+        self.served.clear();
         self.empty_kinds.clear();
         self.verified.clear();
         self.istio = None;
@@ -482,9 +494,13 @@ impl Worker {
 
     /// Whether the cluster serves `kind` (cached per connection; refreshed when asked again after a miss).
     async fn has_kind(&mut self, client: &Client, kind: &ResourceKind) -> Result<bool, Error> {
+        if self.served.contains(kind) {
+            return Ok(true);
+        }
         let av = kind.api_version();
         if let Some((at, set)) = self.discovered.get(&av) {
             if set.as_ref().is_some_and(|s| s.contains(&kind.plural)) {
+                self.served.insert(kind.clone());
                 return Ok(true);
             }
             if at.elapsed() < DISCOVERY_RECHECK {
@@ -518,6 +534,9 @@ impl Worker {
         };
         let present = set.as_ref().is_some_and(|s| s.contains(&kind.plural));
         self.discovered.insert(av, (Instant::now(), set));
+        if present {
+            self.served.insert(kind.clone());
+        }
         Ok(present)
     }
 
@@ -589,7 +608,23 @@ impl Worker {
                         Ok(Event::Init) => WatchStep::Init,
                         Ok(Event::InitApply(o)) => WatchStep::Put(key(&o), Cached::new(o), false),
                         Ok(Event::InitDone) => WatchStep::Done,
-                        Ok(Event::Apply(o)) => WatchStep::Put(key(&o), Cached::new(o), true),
+                        Ok(Event::Apply(o)) => {
+                            // The echo of ksit's own apply carries the version the view already holds:
+                            // nothing to do, not even serialising it.
+                            let at = key(&o);
+                            let held = cache.lock().ok().is_some_and(|c| {
+                                c.get(&cache_id)
+                                    .filter(|e| e.generation == generation)
+                                    .and_then(|e| e.objects.get(&at))
+                                    .is_some_and(|x| {
+                                        o.metadata.resource_version.as_deref() == Some(&*x.version)
+                                    })
+                            });
+                            if held {
+                                continue;
+                            }
+                            WatchStep::Put(at, Cached::new(o), true)
+                        }
                         Ok(Event::Delete(o)) => WatchStep::Gone(key(&o)),
                         Err(_) => WatchStep::Failed,
                     };
@@ -692,24 +727,25 @@ impl Worker {
             self.full_scan = Some(Instant::now());
         }
         let mut observed = Observed::default();
-        let mut versions: BTreeMap<Id, Box<str>> = BTreeMap::new();
+        // The live version each object was observed at, by its place in the plan.
+        let mut versions: Vec<Option<Box<str>>> = Vec::with_capacity(plan.objects.len());
         for obj in &plan.objects {
             let (live, version) = self.observe(client, obj).await?;
-            let i = plan::id(&obj.key());
-            if let Some(v) = version {
-                versions.insert(i.clone(), v);
-            }
-            observed.objects.insert(i, live);
+            versions.push(version);
+            observed.objects.push(live);
         }
         let looked = self.observe_labelled(client, plan, &mut observed).await?;
         let actions = plan::plan(plan, &observed);
+        // Actions come first one per desired object in the plan's order: `at` is that place.
+        let mut at = 0;
 
         let mut present_kinds = BTreeSet::new();
         let mut deleted: BTreeSet<Id> = BTreeSet::new();
         for action in actions {
+            let place = at;
+            at += 1;
             match action {
                 Action::Apply { object, create } => {
-                    let key = object.key();
                     let outcome = match self.apply(client, &object, create, report).await {
                         Ok(()) => {
                             present_kinds.insert(object.kind.clone());
@@ -717,49 +753,61 @@ impl Worker {
                         }
                         Err(e) if is_cluster_wide(&e) => return Err(e),
                         Err(e) => {
-                            self.verified.remove(&plan::id(&key));
+                            self.verified.remove(&plan::id(&object.key()));
                             self.count_error(&e);
                             Outcome::Failed(e.to_string())
                         }
                     };
-                    report.objects.push(ObjectReport { key, outcome });
-                }
-                Action::Keep { key, why } => {
-                    let i = plan::id(&key);
-                    if why == Kept::CreateOnly {
-                        self.verified
-                            .insert(i.clone(), (Box::from(""), Box::from("")));
-                    }
-                    // Found as desired by comparing: remembered with the version it was compared at.
-                    if let (Kept::AsDesired, Some(v), Some(o)) = (
-                        why,
-                        versions.remove(&i),
-                        plan.objects.iter().find(|o| o.key() == key),
-                    ) {
-                        self.verified.insert(i, (o.config_hash().into(), v));
-                    }
-                    present_kinds.insert(key.kind.clone());
                     report.objects.push(ObjectReport {
-                        key,
+                        key: object.key(),
+                        outcome,
+                    });
+                }
+                Action::Keep { object, why } => {
+                    let version = versions.get_mut(place).and_then(Option::take);
+                    match why {
+                        Kept::CreateOnly => {
+                            self.verified
+                                .insert(plan::id(&object.key()), (Box::from(""), Box::from("")));
+                        }
+                        // Found as desired by comparing: remembered with the version it was compared
+                        // at (an object already known as such keeps its entry).
+                        Kept::AsDesired
+                            if !matches!(observed.objects.get(place), Some(Live::Verified)) =>
+                        {
+                            if let Some(v) = version {
+                                self.verified.insert(
+                                    plan::id(&object.key()),
+                                    (object.config_hash().into(), v),
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
+                    if !present_kinds.contains(&object.kind) {
+                        present_kinds.insert(object.kind.clone());
+                    }
+                    report.objects.push(ObjectReport {
+                        key: object.key(),
                         outcome: Outcome::Synced,
                     });
                 }
-                Action::NotOwned { key, managers } => {
+                Action::NotOwned { object, managers } => {
                     let e = Error::NotOwned {
-                        object: key.to_string(),
+                        object: object.key().to_string(),
                         detail: managers,
                     };
                     self.count_error(&e);
                     report.objects.push(ObjectReport {
-                        key,
+                        key: object.key(),
                         outcome: Outcome::Failed(e.to_string()),
                     });
                 }
-                Action::Fail { key, error } => {
+                Action::Fail { object, error } => {
                     let message = match error {
                         Failure::MissingKind => {
                             let e = Error::MissingKind {
-                                object: key.to_string(),
+                                object: object.key().to_string(),
                             };
                             self.count_error(&e);
                             e.to_string()
@@ -767,7 +815,7 @@ impl Worker {
                         Failure::Unreadable(m) => m,
                     };
                     report.objects.push(ObjectReport {
-                        key,
+                        key: object.key(),
                         outcome: Outcome::Failed(message),
                     });
                 }
@@ -1110,6 +1158,62 @@ impl Worker {
         })
     }
 }
+
+/// A client for one member cluster: kube's own stack (base URI, auth, extra headers), over a hyper client
+/// with small fixed read buffers and one idle connection kept. A worker holds a few long-lived connections
+/// (one per drift watch) for as long as it runs: hyper's default read buffer, which grows to the largest
+/// response a connection saw and keeps that size, was most of the controller's memory at a thousand
+/// clusters.
+fn member_client(config: Config) -> Result<Client, kube::Error> {
+    use kube::client::ConfigExt;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    // A TLS configuration (about 14 KB each) only where the cluster is reached over TLS.
+    if config.cluster_url.scheme_str() == Some("http") {
+        client_over(http, config)
+    } else {
+        let https = config.rustls_https_connector_with_connector(http)?;
+        client_over(https, config)
+    }
+}
+
+fn client_over<C>(connector: C, config: Config) -> Result<Client, kube::Error>
+where
+    C: tower::Service<hyper::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper_util::client::legacy::connect::Connection
+        + hyper::rt::Read
+        + hyper::rt::Write
+        + Send
+        + Unpin
+        + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<tower::BoxError>,
+{
+    use kube::client::ConfigExt;
+    use tower::ServiceBuilder;
+    let mut connector = hyper_timeout::TimeoutConnector::new(connector);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    let hyper = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .http1_read_buf_exact_size(MEMBER_READ_BUFFER)
+        .pool_max_idle_per_host(1)
+        .build(connector);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(retry)
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(|e: hyper_util::client::legacy::Error| Box::new(e) as tower::BoxError)
+        .service(hyper);
+    Ok(Client::new(service, config.default_namespace))
+}
+
+/// The read buffer of each connection to a member (hyper's adaptive default starts at 8 KiB and grows).
+const MEMBER_READ_BUFFER: usize = 2048;
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()

@@ -15,7 +15,7 @@ use crate::desired::{DesiredObject, ObjectKey, MANAGED_BY_LABEL, MANAGED_BY_VALU
 use crate::member::ClusterPlan;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// An object's identity on a cluster, whichever API version names it: group, resource, namespace, name.
@@ -54,8 +54,8 @@ pub struct Labelled {
 /// What the cluster holds, as the worker found it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
-    /// One entry per desired object (a missing entry counts as unreadable).
-    pub objects: BTreeMap<Id, Live>,
+    /// One entry per desired object, in the plan's order (a missing entry counts as unreadable).
+    pub objects: Vec<Live>,
     /// The ksit-labelled objects of the kinds looked at for pruning this pass.
     pub labelled: Vec<Labelled>,
 }
@@ -78,23 +78,21 @@ pub enum Action {
         create: bool,
     },
     Keep {
-        key: ObjectKey,
+        object: Arc<DesiredObject>,
         why: Kept,
     },
     /// It exists and ksit does not own it: left untouched, and reported with its field managers.
     NotOwned {
-        key: ObjectKey,
+        object: Arc<DesiredObject>,
         managers: String,
     },
     /// Cannot be sent here: the kind is missing, or the object could not be read.
     Fail {
-        key: ObjectKey,
+        object: Arc<DesiredObject>,
         error: Failure,
     },
     /// ksit owns it and no longer wants it here.
-    Delete {
-        key: ObjectKey,
-    },
+    Delete { key: ObjectKey },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -150,51 +148,42 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
 
 /// What to do about one desired object, given what the cluster holds in its place.
 pub fn plan_object(object: &Arc<DesiredObject>, live: &Live, retained: bool) -> Action {
-    let key = object.key();
+    let keep = |why| Action::Keep {
+        object: object.clone(),
+        why,
+    };
     match live {
         Live::KindMissing => Action::Fail {
-            key,
+            object: object.clone(),
             error: Failure::MissingKind,
         },
         Live::Unreadable(e) => Action::Fail {
-            key,
+            object: object.clone(),
             error: Failure::Unreadable(e.clone()),
         },
         Live::Absent => Action::Apply {
             object: object.clone(),
             create: true,
         },
-        Live::Verified => Action::Keep {
-            key,
-            why: Kept::AsDesired,
-        },
+        Live::Verified => keep(Kept::AsDesired),
         Live::Present(v) => {
             if object.create_only {
-                return Action::Keep {
-                    key,
-                    why: Kept::CreateOnly,
-                };
+                return keep(Kept::CreateOnly);
             }
             // Unreadable metadata counts as not ksit's.
             let meta: ObjectMeta =
                 serde::Deserialize::deserialize(&v["metadata"]).unwrap_or_default();
             if !owned(&meta) {
                 return Action::NotOwned {
-                    key,
+                    object: object.clone(),
                     managers: managers(&meta),
                 };
             }
             if retained {
-                return Action::Keep {
-                    key,
-                    why: Kept::Retained,
-                };
+                return keep(Kept::Retained);
             }
             if contains(v, &object.manifest) {
-                Action::Keep {
-                    key,
-                    why: Kept::AsDesired,
-                }
+                keep(Kept::AsDesired)
             } else {
                 Action::Apply {
                     object: object.clone(),
@@ -207,30 +196,31 @@ pub fn plan_object(object: &Arc<DesiredObject>, live: &Live, retained: bool) -> 
 
 /// Every action for one cluster: one per desired object, in the plan's order, then the deletions.
 pub fn plan(desired: &ClusterPlan, observed: &Observed) -> Vec<Action> {
-    let wanted: BTreeSet<Id> = desired.objects.iter().map(|o| id(&o.key())).collect();
     let retained: BTreeSet<Id> = desired.retain.iter().map(id).collect();
+    let not_looked_at = Live::Unreadable("not looked at".into());
     let mut actions: Vec<Action> = desired
         .objects
         .iter()
-        .map(|o| {
-            let i = id(&o.key());
-            let live = observed
-                .objects
-                .get(&i)
-                .cloned()
-                .unwrap_or_else(|| Live::Unreadable("not looked at".into()));
-            plan_object(o, &live, retained.contains(&i))
+        .enumerate()
+        .map(|(i, o)| {
+            let live = observed.objects.get(i).unwrap_or(&not_looked_at);
+            // Identities are only built when something is held (rarely).
+            let held = !retained.is_empty() && retained.contains(&id(&o.key()));
+            plan_object(o, live, held)
         })
         .collect();
-    for l in &observed.labelled {
-        let i = id(&l.key);
-        if l.key.kind.kind == "Namespace" || !owned(&l.meta) {
-            continue;
+    if !observed.labelled.is_empty() {
+        let wanted: BTreeSet<Id> = desired.objects.iter().map(|o| id(&o.key())).collect();
+        for l in &observed.labelled {
+            let i = id(&l.key);
+            if l.key.kind.kind == "Namespace" || !owned(&l.meta) {
+                continue;
+            }
+            if wanted.contains(&i) || retained.contains(&i) {
+                continue;
+            }
+            actions.push(Action::Delete { key: l.key.clone() });
         }
-        if wanted.contains(&i) || retained.contains(&i) {
-            continue;
-        }
-        actions.push(Action::Delete { key: l.key.clone() });
     }
     actions
 }
@@ -385,7 +375,7 @@ mod tests {
             },
         ];
         let observed = Observed {
-            objects: [(id(&vs("wanted")), Live::Verified)].into(),
+            objects: vec![Live::Verified],
             labelled,
         };
         let deleted: Vec<String> = plan(&plan_, &observed)
@@ -410,7 +400,7 @@ mod tests {
             ..Default::default()
         };
         let observed = Observed {
-            objects: [(id(&vs("a")), Live::Verified)].into(),
+            objects: vec![Live::Verified],
             labelled: vec![Labelled {
                 key: v1,
                 meta: meta(true, &["ksit-controller"]),

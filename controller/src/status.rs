@@ -527,6 +527,10 @@ pub struct StatusWriter {
     recorder: Recorder,
     /// What was last written (normalized), per object.
     written: BTreeMap<String, Value>,
+    /// What was last written, as written (timestamps included), per object: the newest status of each
+    /// object ksit writes, which a hub snapshot taken before the write does not have yet (the hub is not
+    /// read again for ksit's own status writes).
+    last: BTreeMap<String, Value>,
     /// Warning events already published (object -> reason+message), so a standing problem is reported once.
     warned: BTreeMap<String, String>,
     pub writes: u64,
@@ -538,6 +542,7 @@ impl StatusWriter {
             client,
             recorder,
             written: BTreeMap::new(),
+            last: BTreeMap::new(),
             warned: BTreeMap::new(),
             writes: 0,
         }
@@ -556,6 +561,19 @@ impl StatusWriter {
             .await;
         }
         for tp in &v.state.traffic_policies {
+            // The status computed from the newest one: what this writer last wrote, when it did.
+            let remembered = self
+                .last
+                .get(&Self::id_of(tp))
+                .and_then(|l| serde_json::from_value::<TrafficPolicyStatus>(l.clone()).ok());
+            let tp = &match remembered {
+                Some(r) => {
+                    let mut t = tp.clone();
+                    t.status = Some(r);
+                    t
+                }
+                None => tp.clone(),
+            };
             let s = traffic_policy_status(v, tp);
             let api = Api::<TrafficPolicy>::namespaced(
                 self.client.clone(),
@@ -586,16 +604,14 @@ impl StatusWriter {
         K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
         S: Serialize,
     {
-        let id = format!(
-            "{} {}/{}",
-            K::kind(&()),
-            obj.namespace().unwrap_or_default(),
-            obj.name_any()
-        );
+        let id = Self::id_of(obj);
         let mut new = serde_json::to_value(status).unwrap_or_default();
-        let old = live
-            .and_then(|l| serde_json::to_value(l).ok())
-            .unwrap_or(Value::Null);
+        let old = match self.last.get(&id) {
+            Some(l) => l.clone(),
+            None => live
+                .and_then(|l| serde_json::to_value(l).ok())
+                .unwrap_or(Value::Null),
+        };
         let norm = normalized(&new);
         if self.written.get(&id) == Some(&norm) || normalized(&old) == norm {
             self.written.insert(id, norm);
@@ -614,10 +630,23 @@ impl StatusWriter {
             Ok(_) => {
                 self.writes += 1;
                 self.written.insert(id.clone(), norm);
+                self.last.insert(id.clone(), new.clone());
             }
             Err(e) => log::warn!("writing status of {id}: {e}"),
         }
         self.warn_if_failing(obj, &id, &new).await;
+    }
+
+    /// An object's identity for what was written to it: kind, namespace, name and uid (a recreated object
+    /// starts afresh).
+    fn id_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!(
+            "{} {}/{} {}",
+            K::kind(&()),
+            obj.namespace().unwrap_or_default(),
+            obj.name_any(),
+            obj.meta().uid.as_deref().unwrap_or_default()
+        )
     }
 
     /// A Kubernetes event for a failing Ready condition, once per distinct problem.
