@@ -736,14 +736,11 @@ impl Worker {
         }
         let looked = self.observe_labelled(client, plan, &mut observed).await?;
         let actions = plan::plan(plan, &observed);
-        // Actions come first one per desired object in the plan's order: `at` is that place.
-        let mut at = 0;
+        // Actions come first one per desired object in the plan's order: `place` is that place.
 
         let mut present_kinds = BTreeSet::new();
         let mut deleted: BTreeSet<Id> = BTreeSet::new();
-        for action in actions {
-            let place = at;
-            at += 1;
+        for (place, action) in actions.into_iter().enumerate() {
             match action {
                 Action::Apply { object, create } => {
                     let outcome = match self.apply(client, &object, create, report).await {
